@@ -1,0 +1,1 @@
+"""Tasks -> examples -> token batches. The only package that imports TensorFlow or seqio."""

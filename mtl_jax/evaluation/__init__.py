@@ -1,0 +1,1 @@
+"""Metrics, task x language tables and plots."""

@@ -1,0 +1,83 @@
+"""Losses shared by the trainer, the models' parity tests and the evaluators.
+
+Every function returns per-token or per-example values together with their weights, so the caller
+can both reduce them and split them by task (``per_task_mean``) without a second pass.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Normalization = Literal["tokens", "sum"] | float
+
+
+def token_cross_entropy(
+    logits: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    z_loss: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-token cross entropy (float32) and per-token z-loss, both already multiplied by ``weights``.
+
+    ``z_loss`` adds ``z_loss * logsumexp(logits)**2`` per token (PaLM/T5X), which keeps the softmax
+    normaliser near 1 in low precision. Returns ``(ce, z)`` of shape ``targets.shape``.
+    """
+    logits = logits.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    weights = weights.astype(jnp.float32)
+    ce = (log_z - target_logit) * weights
+    z = z_loss * jnp.square(log_z) * weights
+    return ce, z
+
+
+def normalize(total: jax.Array, weights: jax.Array, normalization: Normalization) -> jax.Array:
+    """Reduce a summed loss: ``"tokens"`` divides by the weight sum (Hugging Face's mean over
+    non-ignored tokens), ``"sum"`` keeps the sum, a number divides by that constant (T5X's
+    ``loss_normalizing_factor``, which keeps the gradient scale independent of padding)."""
+    if normalization == "tokens":
+        return total / jnp.maximum(jnp.sum(weights), 1e-8)
+    if normalization == "sum":
+        return total
+    return total / float(normalization)
+
+
+def masked_logits(logits: jax.Array, num_labels: jax.Array) -> jax.Array:
+    """Mask classes ``>= num_labels`` (per example) so heads with fewer labels share one tensor.
+
+    ``logits`` is ``[batch, max_labels]``; ``num_labels`` is ``[batch]``. Masked entries become the
+    dtype's most negative value, so softmax gives them zero mass and argmax never picks them.
+    """
+    classes = jnp.arange(logits.shape[-1])
+    valid = classes[None, :] < num_labels[:, None]
+    return jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
+
+
+def classification_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example cross entropy ``[batch]`` in float32 from (already masked) logits."""
+    logits = logits.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example squared error ``[batch]`` (regression heads; mean of it is MSE)."""
+    return jnp.square(predictions.astype(jnp.float32) - targets.astype(jnp.float32))
+
+
+def per_task_mean(
+    values: jax.Array, weights: jax.Array, task_ids: jax.Array, num_tasks: int
+) -> tuple[jax.Array, jax.Array]:
+    """Weighted mean of ``values`` per task id, and the weight per task (0 where a task is absent).
+
+    ``values``, ``weights`` and ``task_ids`` share a shape (per example or per token). Written with
+    a one-hot contraction so it compiles to one fused op inside the train step.
+    """
+    one_hot = jax.nn.one_hot(task_ids, num_tasks, dtype=jnp.float32)
+    w = weights.astype(jnp.float32)
+    sums = jnp.einsum("...t,...->t", one_hot, values.astype(jnp.float32) * w)
+    counts = jnp.einsum("...t,...->t", one_hot, w)
+    return sums / jnp.maximum(counts, 1e-8), counts
