@@ -1,0 +1,109 @@
+"""Where a run's numbers go: ``MODEL_DIR/metrics.jsonl`` for scripts, TensorBoard for people.
+
+Only process 0 writes. On resume the JSONL file is cut back to the restored step (atomically), so a
+run that was killed and restarted ends with exactly the lines an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _is_writer() -> bool:
+    return jax.process_index() == 0
+
+
+def read_records(model_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` in order (a torn last line from a crash is ignored)."""
+    path = Path(model_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    with path.open() as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+class RunLog:
+    """Append-only JSONL plus TensorBoard scalars for one MODEL_DIR."""
+
+    def __init__(self, model_dir: str | Path, tensorboard: bool = True) -> None:
+        self.model_dir = Path(model_dir)
+        self.path = self.model_dir / METRICS_FILE
+        self._tb = None
+        if _is_writer():
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.model_dir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records with ``step > step`` (what a killed run logged after its last checkpoint)."""
+        if not _is_writer() or not self.path.is_file():
+            return
+        keep = [r for r in read_records(self.model_dir) if r.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        with tmp.open("w") as f:
+            for record in keep:
+                f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append one record (``step`` and ``kind`` required) and mirror its numbers to TensorBoard."""
+        if not _is_writer():
+            return
+        clean = {k: _plain(v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self._tb is not None:
+            step = int(clean["step"])
+            for tag, value in _scalars(clean):
+                self._tb.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _scalars(record: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
+    kind = record.get("kind", "train")
+    if kind == "eval":
+        # One record per (task, language, metric), see evaluation/plots.py.
+        if isinstance(record.get("value"), int | float):
+            yield (
+                f"eval/{record.get('task')}/{record.get('language')}/{record.get('metric')}",
+                float(record["value"]),
+            )
+        return
+    for key, value in record.items():
+        if key in ("step", "kind") or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            yield f"{kind}/{key}", float(value)
