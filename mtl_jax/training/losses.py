@@ -81,3 +81,18 @@ def per_task_mean(
     sums = jnp.einsum("...t,...->t", one_hot, values.astype(jnp.float32) * w)
     counts = jnp.einsum("...t,...->t", one_hot, w)
     return sums / jnp.maximum(counts, 1e-8), counts
+
+
+def per_task_sums(
+    values: jax.Array, weights: jax.Array, task_ids: jax.Array, num_tasks: int
+) -> tuple[jax.Array, jax.Array]:
+    """Per task id: the weighted sum of ``values`` and the summed weight (both ``[num_tasks]``).
+
+    Unlike ``per_task_mean`` these add up across micro-batches and devices, so the train step can
+    accumulate them and divide once at the end.
+    """
+    one_hot = jax.nn.one_hot(task_ids, num_tasks, dtype=jnp.float32)
+    w = weights.astype(jnp.float32)
+    sums = jnp.einsum("...t,...->t", one_hot, values.astype(jnp.float32) * w)
+    counts = jnp.einsum("...t,...->t", one_hot, w)
+    return sums, counts

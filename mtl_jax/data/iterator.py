@@ -1,0 +1,356 @@
+"""Mixture batches for training and evaluation, with an exactly restorable position.
+
+Design (why it is exact):
+- Each task has its own example stream: ``seqio`` ``Task.get_dataset`` with a seed derived from
+  (seed, task name) only, the process's ``ShardInfo``, and ``num_epochs=None`` when repeating.
+  The seed deliberately ignores the process index: seqio shards a non-file source by taking every
+  n-th example of the (seeded, hence identical) source order, so equal seeds are what make the
+  processes' shards disjoint. A stream is a deterministic sequence; its position is one number,
+  the count of examples consumed from it.
+- Which task the next example comes from is a pure function of a counter, not of hidden RNG state:
+  the task of the i-th example of the mixed stream (heterogeneous mode) is drawn from
+  ``np.random.default_rng([seed, process_index, block])`` for ``block = i // 4096``, and the task
+  of the k-th batch (homogeneous mode) from ``default_rng([seed, block])`` for ``block = k // 4096``
+  (no process index: every process picks the same task for batch k, so the GLOBAL batch is
+  homogeneous).
+- Packing peeks: an example that does not fit the batch any more stays at the head of its stream
+  and is not counted, so the counters always describe exactly what was handed out.
+
+The state is therefore a small JSON dict: batches drawn, mixed-stream position, examples consumed
+per task, plus the configuration it belongs to (checked on restore). ``set_state`` rebuilds each
+stream and skips its consumed count inside tf.data (``Dataset.skip``): the cost is O(examples
+consumed) preprocessing work, paid once per restore and per task (see the README for measured
+speed). That is the price of a state that does not hold shuffle buffers: tf.data's own iterator
+checkpoints would restore in O(buffer) but are large binary blobs tied to the TF version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import seqio
+
+from mtl_jax.data.converters import FeatureConverter
+
+log = logging.getLogger(__name__)
+
+BATCH_MODES = ("heterogeneous", "homogeneous")
+STATE_VERSION = 1
+# Task choices are drawn in blocks; any block size gives a valid mixture, this one keeps the
+# per-block RNG set-up cost negligible and the cache small.
+CHOICE_BLOCK = 4096
+# Distinguishes the two uses of the counter-based RNG (and leaves room for future ones).
+_HETEROGENEOUS_STREAM, _HOMOGENEOUS_STREAM = 1, 2
+
+
+def task_seed(seed: int, task: str) -> int:
+    """Seed of one task's stream: stable across runs, Python versions and processes."""
+    digest = hashlib.sha256(f"{seed}/{task}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
+
+
+def _get_task(name: str) -> seqio.Task:
+    try:
+        provider = seqio.get_mixture_or_task(name)
+    except ValueError as e:
+        raise KeyError(f"'{name}' is not a registered seqio Task or Mixture") from e
+    if not isinstance(provider, seqio.Task):
+        raise TypeError(
+            f"'{name}' is a seqio Mixture; BatchIterator mixes Tasks itself "
+            "(use mixture_iterator(...) for a Mixture)"
+        )
+    return provider
+
+
+class _TaskStream:
+    """One task's examples as NumPy dicts, with a peekable head and a consumed count."""
+
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        sequence_length: Mapping[str, int],
+        seed: int,
+        shuffle: bool,
+        shard_info: seqio.ShardInfo,
+        repeat: bool,
+    ):
+        self.name, self.split = name, split
+        self._sequence_length = dict(sequence_length)
+        self._seed, self._shuffle, self._shard, self._repeat = seed, shuffle, shard_info, repeat
+        self.consumed = 0
+        self._it: Iterator[dict[str, Any]] | None = None
+        self._head: dict[str, Any] | None = None
+        self._exhausted = False
+
+    def reset(self, consumed: int) -> None:
+        """Forget the open pipeline; the next peek rebuilds it and skips ``consumed``."""
+        self.consumed = int(consumed)
+        self._it, self._head, self._exhausted = None, None, False
+
+    def _open(self) -> None:
+        task = _get_task(self.name)
+        if self.split not in task.splits:
+            raise KeyError(
+                f"task '{self.name}' has no split '{self.split}'; it has {list(task.splits)}"
+            )
+        ds = task.get_dataset(
+            sequence_length=self._sequence_length,
+            split=self.split,
+            shuffle=self._shuffle,
+            seed=task_seed(self._seed, self.name),
+            shard_info=self._shard,
+            num_epochs=None if self._repeat else 1,
+        )
+        if self.consumed:
+            ds = ds.skip(self.consumed)
+        self._it = ds.as_numpy_iterator()
+
+    def peek(self) -> dict[str, Any] | None:
+        """The next example without consuming it; None once a non-repeating stream ends."""
+        if self._head is None and not self._exhausted:
+            if self._it is None:
+                self._open()
+            try:
+                self._head = next(self._it)
+            except StopIteration:
+                self._exhausted = True
+                if self._repeat:
+                    raise ValueError(
+                        f"task '{self.name}' split '{self.split}' yields no examples on shard "
+                        f"{self._shard.index} of {self._shard.num_shards}"
+                        + (f" after skipping {self.consumed}" if self.consumed else "")
+                    ) from None
+        return self._head
+
+    def pop(self) -> dict[str, Any]:
+        ex = self.peek()
+        if ex is None:
+            raise RuntimeError(f"pop() past the end of task '{self.name}'")
+        self._head = None
+        self.consumed += 1
+        return ex
+
+
+class BatchIterator:
+    """Batches (dicts of NumPy arrays, mtl_jax/features.py) from a rate-weighted set of Tasks.
+
+    Args:
+      tasks: seqio Task names; rates: their mixing rates (normalised here).
+      split: the split every task reads. sequence_length: task feature lengths
+        (``inputs``/``targets`` for t2t; ``inputs`` for classification).
+      batch_size: rows per batch ON THIS PROCESS. converter: an ``EncDecConverter`` or
+        ``ClassificationConverter`` (mtl_jax/data/converters.py).
+      seed: one integer for everything (task streams, preprocessors, task choices).
+      shard_info: this process's shard (default: the only one).
+      batch_mode: "heterogeneous" (every example draws its task; batches mix tasks) or
+        "homogeneous" (every batch draws one task, the same on every process).
+      shuffle: shuffle each task's examples. repeat: loop over each task forever (default: only
+        for the "train" split). Without repeat, iteration stops at the first exhausted task a
+        draw needs, after a last, partly filled batch (its empty rows are all padding).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        rates: Sequence[float],
+        split: str,
+        sequence_length: Mapping[str, int],
+        batch_size: int,
+        converter: FeatureConverter,
+        seed: int,
+        shard_info: seqio.ShardInfo | None = None,
+        batch_mode: str = "heterogeneous",
+        shuffle: bool = True,
+        repeat: bool | None = None,
+    ):
+        tasks = [str(t) for t in tasks]
+        if not tasks:
+            raise ValueError("BatchIterator needs at least one task")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(
+                f"tasks listed twice: {sorted({t for t in tasks if tasks.count(t) > 1})}"
+            )
+        rates_arr = np.asarray(rates, dtype=np.float64)
+        if rates_arr.shape != (len(tasks),):
+            raise ValueError(f"{len(tasks)} tasks but {rates_arr.size} rates")
+        if not np.all(np.isfinite(rates_arr)) or np.any(rates_arr < 0) or rates_arr.sum() <= 0:
+            raise ValueError(
+                f"rates must be finite, >= 0 and not all 0; got {dict(zip(tasks, rates, strict=True))}"
+            )
+        if batch_mode not in BATCH_MODES:
+            raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got '{batch_mode}'")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        shard_info = shard_info or seqio.ShardInfo(index=0, num_shards=1)
+        if not 0 <= shard_info.index < shard_info.num_shards:
+            raise ValueError(f"invalid shard_info {shard_info}")
+        self.tasks = tasks
+        self.rates = (rates_arr / rates_arr.sum()).tolist()
+        self._cdf = np.cumsum(self.rates)
+        self.split = split
+        self.sequence_length = {k: int(v) for k, v in sequence_length.items()}
+        self.batch_size = int(batch_size)
+        self.converter = converter
+        self.seed = int(seed)
+        self.shard_info = shard_info
+        self.batch_mode = batch_mode
+        self.shuffle = bool(shuffle)
+        self.repeat = (split == "train") if repeat is None else bool(repeat)
+        self._streams = [
+            _TaskStream(
+                t, split, self.sequence_length, self.seed, self.shuffle, shard_info, self.repeat
+            )
+            for t in tasks
+        ]
+        self._batches = 0  # batches handed out
+        self._position = 0  # examples handed out from the mixed stream (heterogeneous mode)
+        self._done = False
+        self._block: tuple[int, np.ndarray] | None = None
+
+    # ----------------------------------------------------------------------- task choice
+
+    def _task_index(self, counter: int) -> int:
+        """Task of mixed-stream example ``counter`` (or of batch ``counter``, homogeneous)."""
+        block, offset = divmod(counter, CHOICE_BLOCK)
+        if self._block is None or self._block[0] != block:
+            if self.batch_mode == "heterogeneous":
+                key = [self.seed, _HETEROGENEOUS_STREAM, self.shard_info.index, block]
+            else:
+                key = [self.seed, _HOMOGENEOUS_STREAM, block]
+            u = np.random.default_rng(key).random(CHOICE_BLOCK)
+            choices = np.searchsorted(self._cdf, u * self._cdf[-1], side="right")
+            self._block = (block, np.minimum(choices, len(self.tasks) - 1))
+        return int(self._block[1][offset])
+
+    # -------------------------------------------------------------------------- iteration
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._done:
+            raise StopIteration
+        builder = self.converter.builder(self.batch_size, self.sequence_length)
+        full_at = None if self.converter.pack else self.batch_size
+        fixed_task = self._task_index(self._batches) if self.batch_mode == "homogeneous" else None
+        while full_at is None or builder.num_examples < full_at:
+            t = fixed_task if fixed_task is not None else self._task_index(self._position)
+            stream = self._streams[t]
+            ex = stream.peek()
+            if ex is None:
+                self._done = True
+                break
+            if not builder.add(ex):
+                break  # does not fit: stays at the head of its stream for the next batch
+            stream.pop()
+            self._position += 1
+        if builder.num_examples == 0:
+            raise StopIteration
+        self._batches += 1
+        return builder.build()
+
+    # ------------------------------------------------------------------------------ state
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "tasks": list(self.tasks),
+            "rates": list(self.rates),
+            "split": self.split,
+            "sequence_length": dict(sorted(self.sequence_length.items())),
+            "batch_size": self.batch_size,
+            "batch_mode": self.batch_mode,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "repeat": self.repeat,
+            "shard": [self.shard_info.index, self.shard_info.num_shards],
+            "converter": self.converter.describe(),
+        }
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable position (one per process: it includes the shard)."""
+        return {
+            "version": STATE_VERSION,
+            "config": self._config(),
+            "batches": self._batches,
+            "position": self._position,
+            "consumed": {s.name: s.consumed for s in self._streams},
+            "done": self._done,
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly where the iterator that wrote ``state`` was.
+
+        Raises ValueError when the state belongs to another configuration (naming the keys).
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"iterator state version {state.get('version')!r}, expected {STATE_VERSION}"
+            )
+        # Round-trip through JSON so a state that was saved and loaded compares like a fresh one.
+        saved = json.loads(json.dumps(state["config"]))
+        current = json.loads(json.dumps(self._config()))
+        diff = {k: (saved.get(k), current.get(k)) for k in current if saved.get(k) != current[k]}
+        if diff:
+            lines = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ValueError(
+                f"iterator state does not match this iterator's configuration: {lines}"
+            )
+        consumed = state["consumed"]
+        for s in self._streams:
+            s.reset(int(consumed[s.name]))
+        self._batches = int(state["batches"])
+        self._position = int(state["position"])
+        self._done = bool(state.get("done", False))
+
+
+def mixture_iterator(
+    mixture_name: str,
+    split: str,
+    sequence_length: Mapping[str, int],
+    batch_size: int,
+    converter: FeatureConverter,
+    seed: int,
+    shard_info: seqio.ShardInfo | None = None,
+    batch_mode: str = "heterogeneous",
+    shuffle: bool = True,
+    repeat: bool | None = None,
+) -> BatchIterator:
+    """A :class:`BatchIterator` over a registered seqio Mixture's tasks and rates (or one Task).
+
+    Member tasks whose rate is 0 or that lack ``split`` are left out (with a log line).
+    """
+    provider = seqio.get_mixture_or_task(mixture_name)
+    if isinstance(provider, seqio.Task):
+        members: list[tuple[str, float]] = [(provider.name, 1.0)]
+    else:
+        members = [(t.name, float(provider.get_rate(t))) for t in provider.tasks]
+    kept = [(n, r) for n, r in members if r > 0 and split in _get_task(n).splits]
+    left = sorted({n for n, _ in members} - {n for n, _ in kept})
+    if left:
+        log.info(
+            "mixture %s split %s: leaving out %s (rate 0 or no such split)",
+            mixture_name,
+            split,
+            left,
+        )
+    if not kept:
+        raise ValueError(f"mixture '{mixture_name}' has no task with split '{split}' and rate > 0")
+    return BatchIterator(
+        [n for n, _ in kept],
+        [r for _, r in kept],
+        split,
+        sequence_length,
+        batch_size,
+        converter,
+        seed,
+        shard_info=shard_info,
+        batch_mode=batch_mode,
+        shuffle=shuffle,
+        repeat=repeat,
+    )

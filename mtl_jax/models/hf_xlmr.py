@@ -1,0 +1,367 @@
+"""Hugging Face <-> mtl_jax conversion for XLM-R (and BERT-style) encoders with per-task heads.
+
+Import reads any of ``XLMRobertaModel``, ``XLMRobertaForSequenceClassification``,
+``XLMRobertaForMaskedLM`` (or the BERT/RoBERTa equivalents) for the encoder, and a sequence
+classification directory's head into head k. Export writes this layout::
+
+    DST/mtl_jax_tasks.json   task order: [{"name", "num_labels", "dir"}, ...]
+    DST/encoder/             XLMRobertaModel (pooler included when the model has one)
+    DST/<task_name>/         XLMRobertaForSequenceClassification: the encoder + head k
+
+Every per-task directory loads with ``from_pretrained`` and reproduces that task's logits;
+``load_hf_xlmr(DST)`` reads the whole layout back into one multi-task model.
+Tensors are only transposed/reshaped, so both round trips are exact in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mtl_jax.models.hf_io import read_config, read_state_dict, write_checkpoint
+from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "mtl_jax_tasks.json"
+ENCODER_DIR = "encoder"
+_FORMAT = "mtl_jax-xlmr-export/1"
+_HEAD_PREFIX = "classifier."
+_ENCODER_PREFIXES = ("roberta.", "bert.", "")
+
+Path_ = tuple[str | int, ...]
+
+
+class _Layout(NamedTuple):
+    """How one HF tensor maps to ours: ``to_ours(hf_array, config)`` and ``to_hf(our_array)``."""
+
+    to_ours: Callable[[np.ndarray, XLMRConfig], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+_COPY = _Layout(lambda a, c: a, lambda a: a)
+_LINEAR = _Layout(lambda a, c: a.T, lambda a: a.T)  # torch Linear stores [out, in]
+_QKV = _Layout(  # [heads*kv, embed] -> [embed, heads, kv]
+    lambda a, c: a.T.reshape(c.hidden_size, c.num_attention_heads, c.head_dim),
+    lambda a: a.reshape(a.shape[0], -1).T,
+)
+_QKV_BIAS = _Layout(
+    lambda a, c: a.reshape(c.num_attention_heads, c.head_dim), lambda a: a.reshape(-1)
+)
+_ATTN_OUT = _Layout(  # [embed, heads*kv] -> [heads, kv, embed]
+    lambda a, c: a.T.reshape(c.num_attention_heads, c.head_dim, c.hidden_size),
+    lambda a: a.reshape(-1, a.shape[-1]).T,
+)
+
+
+def encoder_tensor_map(config: XLMRConfig) -> list[tuple[str, Path_, _Layout]]:
+    """``(HF name without model prefix, our path under XLMREncoder, layout)`` for every tensor."""
+    out: list[tuple[str, Path_, _Layout]] = [
+        ("embeddings.word_embeddings.weight", ("embeddings", "word_embeddings"), _COPY),
+        ("embeddings.position_embeddings.weight", ("embeddings", "position_embeddings"), _COPY),
+        ("embeddings.token_type_embeddings.weight", ("embeddings", "token_type_embeddings"), _COPY),
+        ("embeddings.LayerNorm.weight", ("embeddings", "layer_norm", "scale"), _COPY),
+        ("embeddings.LayerNorm.bias", ("embeddings", "layer_norm", "bias"), _COPY),
+    ]
+    for i in range(config.num_hidden_layers):
+        hf, ours = f"encoder.layer.{i}.", ("layers", i)
+        for name in ("query", "key", "value"):
+            out.append((f"{hf}attention.self.{name}.weight", (*ours, "attention", name, "kernel"), _QKV))
+            out.append((f"{hf}attention.self.{name}.bias", (*ours, "attention", name, "bias"), _QKV_BIAS))
+        out += [
+            (f"{hf}attention.output.dense.weight", (*ours, "attention", "out", "kernel"), _ATTN_OUT),
+            (f"{hf}attention.output.dense.bias", (*ours, "attention", "out", "bias"), _COPY),
+            (f"{hf}attention.output.LayerNorm.weight", (*ours, "attention_norm", "scale"), _COPY),
+            (f"{hf}attention.output.LayerNorm.bias", (*ours, "attention_norm", "bias"), _COPY),
+            (f"{hf}intermediate.dense.weight", (*ours, "intermediate", "kernel"), _LINEAR),
+            (f"{hf}intermediate.dense.bias", (*ours, "intermediate", "bias"), _COPY),
+            (f"{hf}output.dense.weight", (*ours, "output", "kernel"), _LINEAR),
+            (f"{hf}output.dense.bias", (*ours, "output", "bias"), _COPY),
+            (f"{hf}output.LayerNorm.weight", (*ours, "output_norm", "scale"), _COPY),
+            (f"{hf}output.LayerNorm.bias", (*ours, "output_norm", "bias"), _COPY),
+        ]
+    if config.add_pooling_layer:
+        out += [
+            ("pooler.dense.weight", ("pooler", "kernel"), _LINEAR),
+            ("pooler.dense.bias", ("pooler", "bias"), _COPY),
+        ]
+    return out
+
+
+def _variable(module: nnx.Module, path: Path_) -> nnx.Variable:
+    obj: Any = module
+    for p in path:
+        obj = obj[p] if isinstance(p, int) else getattr(obj, p)
+    return obj
+
+
+def _assign(var: nnx.Variable, value: np.ndarray, where: str) -> None:
+    """Replace a parameter's value, keeping its dtype and (when sharded) its sharding."""
+    old = var[...]
+    if tuple(value.shape) != tuple(old.shape):
+        raise ValueError(f"{where}: shape {tuple(value.shape)} does not fit our parameter of shape {tuple(old.shape)}")
+    new = jnp.asarray(value, dtype=old.dtype)
+    sharding = getattr(old, "sharding", None)
+    if sharding is not None:
+        new = jax.device_put(new, sharding)
+    var.value = new
+
+
+def _encoder_prefix(state: Mapping[str, np.ndarray], directory: Path | str) -> str:
+    for prefix in _ENCODER_PREFIXES:
+        if f"{prefix}embeddings.word_embeddings.weight" in state:
+            return prefix
+    raise KeyError(f"{directory}: no embeddings.word_embeddings.weight (with prefix roberta./bert./none)")
+
+
+def load_encoder_state(model: XLMRMultiTask, state: Mapping[str, np.ndarray], source: str = "state") -> list[str]:
+    """Copy an HF encoder state dict (any model prefix) into ``model.encoder`` in place.
+
+    Returns the names of our tensors the checkpoint lacked and that keep their current values
+    (only the pooler may be missing: classification checkpoints have none).
+    """
+    config = model.config
+    prefix = _encoder_prefix(state, source)
+    missing = []
+    for hf_name, path, layout in encoder_tensor_map(config):
+        key = prefix + hf_name
+        if key not in state:
+            if path[0] == "pooler":
+                missing.append(key)
+                continue
+            raise KeyError(f"{source}: missing tensor {key!r}")
+        _assign(_variable(model.encoder, path), layout.to_ours(np.asarray(state[key]), config), f"{source}:{key}")
+    if missing:
+        log.warning("%s has no pooler weights (%s); the pooler keeps its initial values", source, missing)
+    return missing
+
+
+def encoder_state(model: XLMRMultiTask, prefix: str = "", *, pooler: bool = True) -> dict[str, np.ndarray]:
+    """Our encoder as an HF state dict (float32 NumPy), names prefixed with ``prefix``."""
+    out = {}
+    for hf_name, path, layout in encoder_tensor_map(model.config):
+        if path[0] == "pooler" and not pooler:
+            continue
+        out[prefix + hf_name] = np.asarray(layout.to_hf(np.asarray(_variable(model.encoder, path)[...])))
+    return out
+
+
+def load_head_state(model: XLMRMultiTask, task: int, state: Mapping[str, np.ndarray], source: str = "state") -> None:
+    """Copy an HF ``classifier.*`` head (RoBERTa classification head) into head ``task``."""
+    heads = _heads(model, task)
+    n = model.config.task_num_labels[task]
+    names = [f"{_HEAD_PREFIX}{p}.{w}" for p in ("dense", "out_proj") for w in ("weight", "bias")]
+    for key in names:
+        if key not in state:
+            raise KeyError(f"{source}: missing tensor {key!r} (not a RoBERTa sequence-classification checkpoint?)")
+    out_w = np.asarray(state[f"{_HEAD_PREFIX}out_proj.weight"])
+    if out_w.shape[0] != n:
+        raise ValueError(f"{source}: head has {out_w.shape[0]} labels but task {task} expects {n} (task_num_labels)")
+    c = heads.max_labels
+    kernel = np.zeros((out_w.shape[1], c), np.float32)
+    kernel[:, :n] = out_w.T
+    bias = np.zeros((c,), np.float32)
+    bias[:n] = state[f"{_HEAD_PREFIX}out_proj.bias"]
+    for var, value in (
+        (heads.dense_kernel, np.asarray(state[f"{_HEAD_PREFIX}dense.weight"]).T),
+        (heads.dense_bias, np.asarray(state[f"{_HEAD_PREFIX}dense.bias"])),
+        (heads.out_kernel, kernel),
+        (heads.out_bias, bias),
+    ):
+        full = np.array(var[...])
+        if full[task].shape != value.shape:
+            raise ValueError(f"{source}: head tensor of shape {value.shape} does not fit {full[task].shape}")
+        full[task] = value
+        _assign(var, full, f"{source}: head {task}")
+
+
+def head_state(model: XLMRMultiTask, task: int) -> dict[str, np.ndarray]:
+    """Head ``task`` as HF ``classifier.*`` tensors (padded label columns dropped)."""
+    heads = _heads(model, task)
+    n = model.config.task_num_labels[task]
+    return {
+        f"{_HEAD_PREFIX}dense.weight": np.asarray(heads.dense_kernel[...][task]).T,
+        f"{_HEAD_PREFIX}dense.bias": np.asarray(heads.dense_bias[...][task]),
+        f"{_HEAD_PREFIX}out_proj.weight": np.asarray(heads.out_kernel[...][task][:, :n]).T,
+        f"{_HEAD_PREFIX}out_proj.bias": np.asarray(heads.out_bias[...][task][:n]),
+    }
+
+
+def _heads(model: XLMRMultiTask, task: int):
+    n_tasks = len(model.config.task_num_labels)
+    if model.heads is None or not 0 <= task < n_tasks:
+        raise IndexError(f"task {task} out of range: the model has {n_tasks} task heads")
+    return model.heads
+
+
+class LoadedXLMR(NamedTuple):
+    model: XLMRMultiTask
+    config: XLMRConfig
+    task_names: tuple[str, ...]
+
+
+def load_hf_xlmr(
+    directory: str | Path,
+    *,
+    task_num_labels: Sequence[int] | None = None,
+    head_dirs: Mapping[int, str | Path] | None = None,
+    seed: int = 0,
+    **config_overrides: Any,
+) -> LoadedXLMR:
+    """A ready ``XLMRMultiTask`` from an HF directory or from an ``export_hf_xlmr`` layout.
+
+    - An export layout (has ``mtl_jax_tasks.json``): encoder and every head, in task order.
+    - A sequence-classification directory without ``task_num_labels``: one task, its head = head 0.
+    - Otherwise the encoder from ``directory``, ``task_num_labels`` fresh heads (initialised from
+      ``seed``), and head k from ``head_dirs[k]`` (HF classification directories) where given.
+
+    ``config_overrides`` sets ``XLMRConfig`` fields (e.g. ``dtype="bfloat16"``). Build inside
+    ``jax.set_mesh`` + ``nnx.logical_axis_rules`` to get a sharded model.
+    """
+    directory = Path(directory)
+    manifest = directory / MANIFEST_NAME
+    task_names: tuple[str, ...] = ()
+    if manifest.is_file():
+        if task_num_labels is not None or head_dirs:
+            raise ValueError(f"{directory} is an mtl_jax export: its tasks come from {MANIFEST_NAME}")
+        tasks = read_manifest(directory)
+        task_names = tuple(t["name"] for t in tasks)
+        task_num_labels = tuple(int(t["num_labels"]) for t in tasks)
+        head_dirs = {k: directory / t["dir"] for k, t in enumerate(tasks)}
+        encoder_dir = directory / ENCODER_DIR
+    else:
+        encoder_dir = directory
+    hf_config = read_config(encoder_dir)
+    state = read_state_dict(encoder_dir)
+    if task_num_labels is None:
+        if f"{_HEAD_PREFIX}out_proj.weight" in state:
+            task_num_labels = (int(state[f"{_HEAD_PREFIX}out_proj.weight"].shape[0]),)
+            head_dirs = {0: encoder_dir}
+        else:
+            task_num_labels = ()
+    config = XLMRConfig.from_hf(hf_config, task_num_labels=tuple(task_num_labels), **config_overrides)
+    model = XLMRMultiTask(config, rngs=nnx.Rngs(params=seed))
+    load_encoder_state(model, state, str(encoder_dir))
+    for task, head_dir in (head_dirs or {}).items():
+        head_dir = Path(head_dir)
+        head_source = state if head_dir == encoder_dir else read_state_dict(head_dir)
+        load_head_state(model, int(task), head_source, str(head_dir))
+    return LoadedXLMR(model, config, task_names)
+
+
+def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
+    """The task list of an export layout, checked for the fields import needs."""
+    path = Path(directory) / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    if data.get("format") != _FORMAT or not isinstance(data.get("tasks"), list):
+        raise ValueError(f"{path}: not an mtl_jax XLM-R export manifest (format {_FORMAT})")
+    for i, task in enumerate(data["tasks"]):
+        if not {"name", "num_labels", "dir"} <= set(task):
+            raise ValueError(f"{path}: task entry {i} lacks name/num_labels/dir: {task}")
+    return data["tasks"]
+
+
+def export_hf_xlmr(
+    model: XLMRMultiTask,
+    config: XLMRConfig,
+    directory: str | Path,
+    task_names: Sequence[str],
+    *,
+    id2label: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Path]:
+    """Write the encoder and one HF sequence-classification directory per task (module docstring).
+
+    ``id2label`` optionally maps a task name to its label names (config.json ``id2label``).
+    Returns ``{"encoder": path, <task_name>: path, ...}``.
+    """
+    directory = Path(directory)
+    task_names = tuple(task_names)
+    if len(task_names) != len(config.task_num_labels):
+        raise ValueError(
+            f"{len(task_names)} task names for {len(config.task_num_labels)} heads "
+            f"(XLMRConfig.task_num_labels={config.task_num_labels})"
+        )
+    for name in task_names:
+        if not name or name in (ENCODER_DIR, ".", "..") or "/" in name or "\\" in name:
+            raise ValueError(f"task name {name!r} cannot be a directory name next to {ENCODER_DIR}/")
+    if len(set(task_names)) != len(task_names):
+        raise ValueError(f"task names are not unique: {task_names}")
+    if task_names and config.model_type != "xlm-roberta":
+        raise NotImplementedError(f"heads export only as XLM-R (model_type={config.model_type!r})")
+    labels = dict(id2label or {})
+    unknown = set(labels) - set(task_names)
+    if unknown:
+        raise ValueError(f"id2label names unknown tasks: {sorted(unknown)}")
+
+    written = {ENCODER_DIR: write_checkpoint(directory / ENCODER_DIR, config.to_hf(), encoder_state(model))}
+    prefix = "roberta."
+    encoder_no_pooler = encoder_state(model, prefix, pooler=False)
+    entries = []
+    for k, name in enumerate(task_names):
+        n = config.task_num_labels[k]
+        hf_config = config.to_hf(num_labels=n, id2label=labels.get(name))
+        written[name] = write_checkpoint(directory / name, hf_config, {**encoder_no_pooler, **head_state(model, k)})
+        entries.append({"name": name, "num_labels": n, "dir": name})
+    (directory / MANIFEST_NAME).write_text(json.dumps({"format": _FORMAT, "tasks": entries}, indent=2) + "\n")
+    return written
+
+
+def verify_against_transformers(
+    model: XLMRMultiTask,
+    hf_directory: str | Path,
+    *,
+    task: int = 0,
+    batch: int = 3,
+    length: int = 17,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Max absolute/relative difference of our outputs vs the transformers PyTorch model.
+
+    Runs random padded inputs through ``AutoModel``/``AutoModelForSequenceClassification`` loaded
+    from ``hf_directory`` (needs torch + transformers) and through ``model`` (head ``task`` for a
+    classification directory). Compares logits, or last hidden state for an encoder directory.
+    """
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    hf_config = read_config(hf_directory)
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in hf_config.get("architectures") or [])
+    auto = AutoModelForSequenceClassification if is_classifier else AutoModel
+    reference = auto.from_pretrained(str(hf_directory), attn_implementation="eager").eval()
+    ids, mask = random_padded_inputs(model.config, batch, length, seed)
+    with torch.no_grad():
+        ref = reference(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
+    ours = model(jnp.asarray(ids), jnp.asarray(mask), jnp.full((batch,), task, jnp.int32) if model.heads else None)
+    if is_classifier:
+        n = model.config.task_num_labels[task]
+        got, want = np.asarray(ours["logits"])[:, :n], ref.logits.numpy()
+    else:
+        got, want = np.asarray(ours["hidden"], np.float32), ref.last_hidden_state.numpy()
+    diff = np.abs(got - want)
+    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(want).max(), 1e-12))}
+
+
+def random_padded_inputs(config: XLMRConfig, batch: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random ``(input_ids, attention_mask)`` with right padding of varied lengths (>= 2 real tokens).
+
+    Real tokens avoid the pad id; rows start with the BOS id when there is one, as a tokenizer would.
+    """
+    rng = np.random.default_rng(seed)
+    length = min(length, config.max_position_length)
+    ids = rng.integers(0, config.vocab_size, size=(batch, length))
+    ids = np.where(ids == config.pad_token_id, (config.pad_token_id + 1) % config.vocab_size, ids)
+    if config.bos_token_id is not None:
+        ids[:, 0] = config.bos_token_id
+    lengths = rng.integers(2, length + 1, size=batch)
+    lengths[0] = length  # one full row
+    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
+    ids = np.where(mask == 1, ids, config.pad_token_id)
+    return ids.astype(np.int32), mask

@@ -1,0 +1,451 @@
+"""XLM-R (RoBERTa architecture) encoder and the multi-task model with one head per task.
+
+The same modules cover BERT/mBERT-style checkpoints through config switches only (absolute
+positions from 0, type vocabulary, layer-norm epsilon, activation), so one code path is tested
+against transformers and shared by every encoder-classifier run.
+
+Parameters are float32 and carry logical axis names (``LOGICAL_AXES``); activations run in
+``XLMRConfig.dtype``. Outside a mesh the names are kept as metadata only, so the model also builds
+on one device without any sharding context; inside ``jax.set_mesh`` + ``nnx.logical_axis_rules``
+Flax shards every parameter eagerly at creation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mtl_jax.models.heads import TaskHeads, dropout
+
+# Every logical axis name a parameter of this file or of heads.py carries; a rules table must map
+# each of them (to a mesh axis or None), because Flax passes unknown names through as mesh axes.
+LOGICAL_AXES = (
+    "vocab",
+    "embed",
+    "mlp",
+    "heads",
+    "kv",
+    "position_embeddings",
+    "token_types",
+    "tasks",
+    "classes",
+)
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact (erf), as HF's "gelu"
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+POSITION_STYLES = ("roberta", "absolute")
+
+# transformers' defaults for fields a config.json may omit (its class defaults, not ours).
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "xlm-roberta": dict(
+        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1, max_position_embeddings=512, type_vocab_size=2,
+        initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2, classifier_dropout=None,
+    ),
+    "bert": dict(
+        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1, max_position_embeddings=512, type_vocab_size=2,
+        initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0, bos_token_id=None,
+        eos_token_id=None, classifier_dropout=None,
+    ),
+}
+_HF_DEFAULTS["roberta"] = {**_HF_DEFAULTS["xlm-roberta"], "bos_token_id": 0}
+_HF_ARCH_FIELDS = tuple(_HF_DEFAULTS["xlm-roberta"])
+
+
+@dataclasses.dataclass(frozen=True)
+class XLMRConfig:
+    """Architecture, per-task head sizes and compute policy of an XLM-R/BERT encoder classifier.
+
+    Defaults are the published ``xlm-roberta-base``. ``task_num_labels[k]`` is the label count of
+    task k's head (1 = regression, HF's convention). ``positions="roberta"`` numbers real tokens
+    from ``pad_token_id + 1`` (fairseq/RoBERTa); ``"absolute"`` numbers every slot from 0 (BERT).
+    """
+
+    vocab_size: int = 250002
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 2
+    positions: str = "roberta"
+    model_type: str = "xlm-roberta"
+    add_pooling_layer: bool = True
+    task_num_labels: tuple[int, ...] = ()
+    dtype: str = "float32"
+    # None/"xla": XLA attention; "cudnn": fused cuDNN kernel (GPU only; see jax.nn.dot_product_attention).
+    attention_implementation: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task_num_labels", tuple(int(n) for n in self.task_num_labels))
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"XLMRConfig.hidden_size={self.hidden_size} is not a multiple of "
+                f"XLMRConfig.num_attention_heads={self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"XLMRConfig.hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
+        if self.positions not in POSITION_STYLES:
+            raise ValueError(f"XLMRConfig.positions={self.positions!r}: expected one of {POSITION_STYLES}")
+        if self.positions == "roberta" and self.max_position_embeddings <= self.pad_token_id + 1:
+            raise ValueError(
+                f"XLMRConfig.max_position_embeddings={self.max_position_embeddings} leaves no room "
+                f"after the RoBERTa offset pad_token_id + 1 = {self.pad_token_id + 1}"
+            )
+        if any(n < 1 for n in self.task_num_labels):
+            raise ValueError(f"XLMRConfig.task_num_labels={self.task_num_labels}: every task needs >= 1 label")
+        if self.attention_implementation not in (None, "xla", "cudnn"):
+            raise ValueError(
+                f"XLMRConfig.attention_implementation={self.attention_implementation!r}: "
+                "expected None, 'xla' or 'cudnn'"
+            )
+        jnp.dtype(self.dtype)  # raises on an unknown dtype name
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def classifier_dropout_rate(self) -> float:
+        """HF falls back to the hidden dropout when ``classifier_dropout`` is unset."""
+        return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+
+    @property
+    def max_position_length(self) -> int:
+        """Longest input the position table supports."""
+        if self.positions == "roberta":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_hf(cls, hf_config: Mapping[str, Any], **overrides: Any) -> XLMRConfig:
+        """Our config from an HF ``config.json`` dict (XLM-R, RoBERTa or BERT ``model_type``).
+
+        ``overrides`` sets our own fields (``task_num_labels``, ``dtype``, ...) or replaces HF ones.
+        """
+        model_type = hf_config.get("model_type", "xlm-roberta")
+        if model_type not in _HF_DEFAULTS:
+            raise ValueError(f"model_type {model_type!r} is not an XLM-R/RoBERTa/BERT encoder")
+        if hf_config.get("is_decoder") or hf_config.get("add_cross_attention"):
+            raise ValueError("decoder/cross-attention configs (is_decoder=True) are not supported")
+        position_type = hf_config.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ValueError(f"position_embedding_type={position_type!r} is not supported (only 'absolute')")
+        values = {k: hf_config.get(k, v) for k, v in _HF_DEFAULTS[model_type].items()}
+        if isinstance(values["eos_token_id"], list):
+            values["eos_token_id"] = values["eos_token_id"][0] if values["eos_token_id"] else None
+        values["positions"] = "absolute" if model_type == "bert" else "roberta"
+        values["model_type"] = "bert" if model_type == "bert" else "xlm-roberta"
+        values.update(overrides)
+        return cls(**values)
+
+    def to_hf(self, num_labels: int | None = None, id2label: Sequence[str] | None = None) -> dict[str, Any]:
+        """An HF ``config.json`` dict: an encoder (``num_labels=None``) or a sequence classifier."""
+        expected = "absolute" if self.model_type == "bert" else "roberta"
+        if self.positions != expected:
+            raise ValueError(
+                f"positions={self.positions!r} has no HF {self.model_type!r} equivalent (needs {expected!r})"
+            )
+        prefix = "Bert" if self.model_type == "bert" else "XLMRoberta"
+        out: dict[str, Any] = {f: getattr(self, f) for f in _HF_ARCH_FIELDS}
+        out["model_type"] = self.model_type
+        out["architectures"] = [f"{prefix}Model"]
+        if num_labels is not None:
+            names = list(id2label) if id2label is not None else [f"LABEL_{i}" for i in range(num_labels)]
+            if len(names) != num_labels:
+                raise ValueError(f"id2label has {len(names)} names for {num_labels} labels")
+            out["architectures"] = [f"{prefix}ForSequenceClassification"]
+            out["id2label"] = {str(i): n for i, n in enumerate(names)}
+            out["label2id"] = {n: i for i, n in enumerate(names)}
+            out["problem_type"] = "regression" if num_labels == 1 else "single_label_classification"
+        return out
+
+
+@contextlib.contextmanager
+def annotate_only_without_mesh() -> Iterator[None]:
+    """Keep logical axis names as metadata only when no mesh is active.
+
+    Flax 0.12 shards annotated variables eagerly and fails without a mesh; this lets the same
+    constructor build a one-device model (tests, the Python API) and a sharded one (trainer).
+    """
+    if jax.sharding.get_abstract_mesh().empty:
+        with nnx.use_eager_sharding(False):
+            yield
+    else:
+        yield
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], stddev: float) -> jax.Array:
+    return stddev * jax.random.normal(rngs.params(), shape, jnp.float32)
+
+
+class Dense(nnx.Module):
+    """Affine map contracting the trailing ``len(in_shape)`` input dims, with a bias (HF Linear).
+
+    Kernels keep the head structure (``[embed, heads, kv]``) so each dim has its own logical axis.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        in_axes: tuple[str | None, ...],
+        out_axes: tuple[str | None, ...],
+        *,
+        stddev: float,
+        dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.kernel = nnx.Param(_normal(rngs, in_shape + out_shape, stddev), out_sharding=in_axes + out_axes)
+        self.bias = nnx.Param(jnp.zeros(out_shape, jnp.float32), out_sharding=out_axes)
+        self.num_in = len(in_shape)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n = self.num_in
+        contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
+        y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), (contract, ((), ())))
+        return y + self.bias[...].astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with statistics in float32 whatever the compute dtype (stable in bfloat16)."""
+
+    def __init__(self, size: int, eps: float, dtype: jnp.dtype):
+        self.scale = nnx.Param(jnp.ones((size,), jnp.float32), out_sharding=("embed",))
+        self.bias = nnx.Param(jnp.zeros((size,), jnp.float32), out_sharding=("embed",))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        centered = x - mean
+        var = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)
+        y = centered * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(self.dtype)
+
+
+class SelfAttention(nnx.Module):
+    """Bidirectional multi-head self-attention with biases, scaled by 1/sqrt(head_dim)."""
+
+    def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
+        h, n, d = config.hidden_size, config.num_attention_heads, config.head_dim
+        kw = dict(stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs)
+        self.query = Dense((h,), (n, d), ("embed",), ("heads", "kv"), **kw)
+        self.key = Dense((h,), (n, d), ("embed",), ("heads", "kv"), **kw)
+        self.value = Dense((h,), (n, d), ("embed",), ("heads", "kv"), **kw)
+        self.out = Dense((n, d), (h,), ("heads", "kv"), ("embed",), **kw)
+        self.dropout_rate = config.attention_probs_dropout_prob
+        self.implementation = config.attention_implementation
+
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None
+    ) -> jax.Array:
+        q, k, v = self.query(x), self.key(x), self.value(x)  # [batch, length, heads, head_dim]
+        key_mask = mask[:, None, None, :]  # [batch, 1, 1, length]: padded keys get no weight
+        if deterministic or self.dropout_rate == 0.0:
+            ctx = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation=self.implementation)
+        else:
+            # Dropout on the attention probabilities (RoBERTa's recipe) has no fused kernel in
+            # jax.nn.dot_product_attention, so training with it uses the plain formulation.
+            scale = 1.0 / np.sqrt(q.shape[-1])
+            logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+            logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1)
+            probs = dropout(probs, self.dropout_rate, deterministic, rngs).astype(v.dtype)
+            ctx = jnp.einsum("bnts,bsnh->btnh", probs, v)
+        return self.out(ctx)
+
+
+class XLMRLayer(nnx.Module):
+    """Post-LN transformer block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
+        kw = dict(stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs)
+        self.attention = SelfAttention(config, rngs=rngs)
+        self.attention_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.compute_dtype)
+        self.intermediate = Dense((config.hidden_size,), (config.intermediate_size,), ("embed",), ("mlp",), **kw)
+        self.output = Dense((config.intermediate_size,), (config.hidden_size,), ("mlp",), ("embed",), **kw)
+        self.output_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.compute_dtype)
+        self.activation = config.hidden_act
+        self.dropout_rate = config.hidden_dropout_prob
+
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None
+    ) -> jax.Array:
+        a = self.attention(x, mask, deterministic=deterministic, rngs=rngs)
+        x = self.attention_norm(dropout(a, self.dropout_rate, deterministic, rngs) + x)
+        h = ACTIVATIONS[self.activation](self.intermediate(x))
+        h = self.output(h)
+        return self.output_norm(dropout(h, self.dropout_rate, deterministic, rngs) + x)
+
+
+class XLMREmbeddings(nnx.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout."""
+
+    def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
+        h, std = config.hidden_size, config.initializer_range
+        word = _normal(rngs, (config.vocab_size, h), std)
+        position = _normal(rngs, (config.max_position_embeddings, h), std)
+        if 0 <= config.pad_token_id < config.vocab_size:  # HF zeroes the padding rows at init
+            word = word.at[config.pad_token_id].set(0.0)
+        if config.positions == "roberta":
+            position = position.at[config.pad_token_id].set(0.0)
+        self.word_embeddings = nnx.Param(word, out_sharding=("vocab", "embed"))
+        self.position_embeddings = nnx.Param(position, out_sharding=("position_embeddings", "embed"))
+        self.token_type_embeddings = nnx.Param(
+            _normal(rngs, (config.type_vocab_size, h), std), out_sharding=("token_types", "embed")
+        )
+        self.layer_norm = LayerNorm(h, config.layer_norm_eps, config.compute_dtype)
+        self.positions = config.positions
+        self.pad_token_id = config.pad_token_id
+        self.dropout_rate = config.hidden_dropout_prob
+
+    def position_ids(self, attention_mask: jax.Array) -> jax.Array:
+        """RoBERTa: real tokens numbered from pad+1 in order, padding slots get pad (HF/fairseq).
+
+        Counted on ``attention_mask`` rather than on ``input_ids == pad`` so a data pipeline that
+        pads with another id still gets the right positions (identical when pads are pad ids).
+        """
+        length = attention_mask.shape[-1]
+        if self.positions == "absolute":
+            return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), attention_mask.shape)
+        real = (attention_mask != 0).astype(jnp.int32)
+        return jnp.cumsum(real, axis=-1) * real + self.pad_token_id
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        token_type_ids: jax.Array | None,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
+    ) -> jax.Array:
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = jnp.take(self.word_embeddings[...], input_ids, axis=0)
+        x = x + jnp.take(self.position_embeddings[...], self.position_ids(attention_mask), axis=0)
+        x = x + jnp.take(self.token_type_embeddings[...], token_type_ids, axis=0)
+        return dropout(self.layer_norm(x), self.dropout_rate, deterministic, rngs)
+
+
+class XLMREncoder(nnx.Module):
+    """Embeddings, ``num_hidden_layers`` post-LN blocks and the optional tanh pooler (first token)."""
+
+    def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
+        with annotate_only_without_mesh():
+            self.embeddings = XLMREmbeddings(config, rngs=rngs)
+            self.layers = nnx.List([XLMRLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+            self.pooler = (
+                Dense(
+                    (config.hidden_size,), (config.hidden_size,), ("embed",), ("mlp",),
+                    stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs,
+                )
+                if config.add_pooling_layer
+                else None
+            )
+        self.config = config
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        token_type_ids: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """``(hidden [batch, length, hidden], pooled [batch, hidden] or None)`` in the compute dtype."""
+        if input_ids.shape[-1] > self.config.max_position_length:
+            raise ValueError(
+                f"input length {input_ids.shape[-1]} exceeds the position table "
+                f"(max {self.config.max_position_length} for XLMRConfig.max_position_embeddings="
+                f"{self.config.max_position_embeddings})"
+            )
+        mask = attention_mask != 0
+        x = self.embeddings(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
+        for layer in self.layers:
+            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+        pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        return x, pooled
+
+
+class XLMRMultiTask(nnx.Module):
+    """Shared encoder + one RoBERTa classification/regression head per task (``task_num_labels``)."""
+
+    def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.encoder = XLMREncoder(config, rngs=rngs)
+        if config.task_num_labels:
+            with annotate_only_without_mesh():
+                self.heads = TaskHeads(
+                    config.hidden_size,
+                    config.task_num_labels,
+                    dropout_rate=config.classifier_dropout_rate,
+                    initializer_range=config.initializer_range,
+                    rngs=rngs,
+                )
+        else:
+            self.heads = None
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        task_id: jax.Array | None = None,
+        *,
+        token_type_ids: jax.Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> dict[str, jax.Array]:
+        """Per-example outputs; every example uses its own task's head (selected inside the jit).
+
+        Returns ``logits`` ``[batch, max_labels]`` float32 with classes beyond the example's task
+        masked to the most negative float, ``regression`` ``[batch]`` float32 (the head's first
+        output; meaningful for 1-label tasks), ``is_regression`` ``[batch]`` bool, ``num_labels``
+        ``[batch]``, ``hidden`` ``[batch, length, hidden]`` and ``pooled`` (when a pooler exists).
+        """
+        hidden, pooled = self.encoder(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
+        )
+        out: dict[str, jax.Array] = {"hidden": hidden}
+        if pooled is not None:
+            out["pooled"] = pooled
+        if self.heads is not None:
+            if task_id is None:
+                raise ValueError("XLMRMultiTask has task heads: pass task_id [batch] (int32)")
+            out.update(self.heads(hidden[:, 0], task_id, deterministic=deterministic, rngs=rngs))
+        return out

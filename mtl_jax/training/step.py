@@ -1,0 +1,209 @@
+"""The compiled train and eval steps.
+
+``make_train_step`` returns a ``jax.jit`` function with explicit in/out shardings that donates
+the state. Gradient accumulation over ``micro_batches`` happens *inside* the compiled step with a
+``lax.scan``: the effective batch is split into micro-batches, each contributes the gradient of
+its loss *numerator* and its additive loss terms (see ``objectives``), and at the end
+
+    grads = sum_i grad(numerator_i) * loss_scale(sum_i denominator_i)
+
+which equals the gradient of the whole batch computed at once, for every normalisation (mean over
+the effective batch's real tokens/examples, a constant factor, or a plain sum). Micro-batch ``i``
+takes rows ``i, i + m, i + 2m, ...`` of the batch, so every micro-batch stays evenly split over the
+data-parallel devices without moving data. An effective batch can therefore hold batches of many
+tasks (heterogeneous effective batch) at the memory cost of one micro-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mtl_jax.training import partitioning as part
+from mtl_jax.training.objectives import Batch, LossTerms, Objective, loss_scale
+from mtl_jax.training.optimizers import Optimizer
+from mtl_jax.training.train_state import TrainState, merge_model, step_key
+
+Metrics = dict[str, jax.Array]
+BatchShardings = NamedSharding | Mapping[str, NamedSharding]
+
+
+class CompiledStep:
+    """A jitted step that runs under the mesh and logical-axis-rules contexts, so model code may
+    use logical sharding constraints. ``.jitted`` is the bare ``jax.jit`` function."""
+
+    def __init__(self, jitted: Any, mesh: Mesh, rules: part.Rules) -> None:
+        self.jitted = jitted
+        self.mesh = mesh
+        self.rules = rules
+
+    def __call__(self, *args: Any) -> Any:
+        with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+            return self.jitted(*args)
+
+    def lower(self, *args: Any) -> Any:
+        with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+            return self.jitted.lower(*args)
+
+
+def _split_micro_batches(
+    batch: Batch, micro_batches: int, mesh: Mesh, rules: part.Rules
+) -> Batch:
+    """``[B, ...] -> [m, B/m, ...]`` with micro-batch ``i`` = rows ``i::m`` (stays data-parallel)."""
+    axes = part.batch_axes(mesh, rules)
+    out = {}
+    for key, x in batch.items():
+        b = x.shape[0]
+        if b % micro_batches:
+            raise ValueError(
+                f"batch feature {key!r} has {b} rows, not divisible by micro_batches={micro_batches}"
+            )
+        y = x.reshape((b // micro_batches, micro_batches) + x.shape[1:]).swapaxes(0, 1)
+        out[key] = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, PartitionSpec(None, axes)))
+    return out
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    objective: Objective,
+    optimizer: Optimizer,
+    mesh: Mesh,
+    state_shardings: TrainState,
+    batch_shardings: BatchShardings,
+    micro_batches: int = 1,
+    *,
+    rules: part.Rules = part.T5X_RULES,
+    deterministic: bool = False,
+    donate: bool = True,
+) -> CompiledStep:
+    """``step(state, batch) -> (new_state, metrics)``, compiled once per batch shape.
+
+    ``metrics``: ``loss``, ``z_loss``, ``per_task_loss`` / ``per_task_weight`` (``[num_tasks]``),
+    ``weight`` (real target tokens or examples in the effective batch), ``grad_norm`` (global norm
+    of the trainable gradients) and ``learning_rate`` (of this update). ``deterministic=True``
+    turns dropout off. Dropout keys are ``fold_in(fold_in(seed_key, step), micro_batch)``.
+    """
+    if micro_batches < 1:
+        raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        with nnx.logical_axis_rules(rules):
+            key = step_key(state.rng, state.step)
+            # Differentiate only the trainable leaves: frozen ones enter as constants, so their
+            # backward pass and accumulators do not exist at all (LoRA over a frozen base).
+            leaves, treedef = jax.tree.flatten(state.params)
+            frozen = treedef.flatten_up_to(optimizer.frozen_mask(state.params))
+            train_idx = [i for i, f in enumerate(frozen) if not f]
+            train_sh = [treedef.flatten_up_to(state_shardings.params)[i] for i in train_idx]
+
+            def numerator(
+                train: list[jax.Array], batch: Batch, key: jax.Array
+            ) -> tuple[jax.Array, LossTerms]:
+                full = list(leaves)
+                for j, i in enumerate(train_idx):
+                    full[i] = train[j]
+                model = merge_model(graphdef, treedef.unflatten(full), state.rest)
+                rngs = None if deterministic else nnx.Rngs(dropout=key)
+                terms = objective.terms(model, batch, deterministic=deterministic, rngs=rngs)
+                return terms.numerator, terms
+
+            grad_fn = jax.grad(numerator, has_aux=True)
+            train = [leaves[i] for i in train_idx]
+
+            def constrain(grads: list[jax.Array]) -> list[jax.Array]:
+                return jax.lax.with_sharding_constraint(grads, train_sh)
+
+            if micro_batches == 1:
+                grads, terms = grad_fn(train, batch, key)
+                grads = [g.astype(jnp.float32) for g in grads]
+            else:
+                micro = _split_micro_batches(batch, micro_batches, mesh, rules)
+                first = jax.tree.map(lambda x: x[0], micro)
+                terms_shape = jax.eval_shape(lambda: grad_fn(train, first, key)[1])
+                zeros_g = constrain([jnp.zeros(p.shape, jnp.float32) for p in train])
+                zeros_t = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), terms_shape)
+
+                def body(carry: tuple[Any, LossTerms], xs: tuple[jax.Array, Batch]) -> Any:
+                    acc_g, acc_t = carry
+                    i, mb = xs
+                    g, t = grad_fn(train, mb, jax.random.fold_in(key, i))
+                    acc_g = [a + b.astype(jnp.float32) for a, b in zip(acc_g, g, strict=True)]
+                    acc_t = jax.tree.map(jnp.add, acc_t, t)
+                    return (constrain(acc_g), acc_t), None
+
+                (grads, terms), _ = jax.lax.scan(
+                    body, (zeros_g, zeros_t), (jnp.arange(micro_batches), micro)
+                )
+            scale = loss_scale(objective.normalization, terms.denominator)
+            grads = constrain(
+                [(g * scale).astype(p.dtype) for g, p in zip(grads, train, strict=True)]
+            )
+            full_grads: list[jax.Array] = [jnp.zeros_like(x) for x in leaves]
+            for j, i in enumerate(train_idx):
+                full_grads[i] = grads[j]
+            loss, aux = objective.finalize(terms)
+            updates, opt_state = optimizer.tx.update(
+                treedef.unflatten(full_grads), state.opt_state, state.params
+            )
+            params = optax.apply_updates(state.params, updates)
+            metrics = dict(aux)
+            metrics["loss"] = loss
+            metrics["grad_norm"] = optax.global_norm(grads)
+            metrics["learning_rate"] = jnp.asarray(
+                optimizer.learning_rate_fn(state.step), jnp.float32
+            )
+            new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+            return new_state, metrics
+
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, part.replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )
+    return CompiledStep(jitted, mesh, rules)
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef,
+    predict_fn: Callable[[nnx.Module, Batch], Any],
+    mesh: Mesh,
+    state_shardings: TrainState,
+    batch_shardings: BatchShardings,
+    *,
+    rules: part.Rules = part.T5X_RULES,
+) -> CompiledStep:
+    """``eval_step(state, batch) -> predict_fn(model, batch)``, forward only (dropout off).
+
+    ``predict_fn`` is usually ``objective.predict``; its outputs have the batch as dimension 0
+    and keep the batch's sharding (use ``to_host`` to gather them on every process).
+    """
+    out_sharding = (
+        batch_shardings
+        if isinstance(batch_shardings, NamedSharding)
+        else part.batch_sharding(mesh, rules)
+    )
+
+    def run(state: TrainState, batch: Batch) -> Any:
+        with nnx.logical_axis_rules(rules):
+            return predict_fn(merge_model(graphdef, state.params, state.rest), batch)
+
+    jitted = jax.jit(
+        run, in_shardings=(state_shardings, batch_shardings), out_shardings=out_sharding
+    )
+    return CompiledStep(jitted, mesh, rules)
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of global arrays on every process (all-gather across hosts when needed)."""
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda x: jax.device_get(x), tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
