@@ -1,0 +1,266 @@
+"""The training loop: steps, periodic evaluation, checkpoints, early stopping, resume, preemption.
+
+It knows nothing about data formats or models: it is handed a compiled step, an iterator of local
+batches that can report and restore its position, a function that places a local batch on the
+mesh, and an evaluator. What it guarantees:
+
+- a run whose MODEL_DIR holds checkpoints resumes from the latest one (state, iterator position,
+  early-stopping bookkeeping) and cuts ``metrics.jsonl`` back to that step, so a killed-and-restarted
+  run ends with exactly the records and parameters of an uninterrupted one;
+- SIGTERM (preemption) finishes the step in flight, saves a checkpoint and returns ``preempted``;
+- the best checkpoint by the model-selection score and the last ``keep_last`` are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from mtl_jax.training.checkpoints import CheckpointStore, abstract_like
+from mtl_jax.training.run_log import RunLog
+
+log = logging.getLogger(__name__)
+
+
+class ResumableIterator(Protocol):
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
+    def __next__(self) -> dict[str, np.ndarray]: ...
+    def get_state(self) -> dict[str, Any]: ...
+    def set_state(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOutcome:
+    """What an evaluation returns: the model-selection score and the records to log."""
+
+    score: float
+    records: list[dict[str, Any]]
+    summary: str = ""
+
+
+Evaluator = Callable[[Any, int], EvalOutcome]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    num_steps: int
+    eval_every: int
+    checkpoint_every: int | None = None  # default: eval_every
+    keep_last: int = 2
+    keep_best: int = 1
+    patience: int | None = None  # evaluations without improvement before stopping
+    async_checkpoints: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+
+
+@dataclasses.dataclass
+class LoopResult:
+    last_step: int
+    best_step: int | None
+    best_score: float | None
+    stopped_early: bool = False
+    preempted: bool = False
+    resumed_from: int | None = None
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Early-stopping bookkeeping, checkpointed with the iterator position."""
+
+    best_score: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Preemption:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: saving a checkpoint after the current step, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def run_loop(
+    config: LoopConfig,
+    *,
+    state: Any,
+    state_shardings: Any,
+    train_step: Callable[[Any, Any], tuple[Any, Mapping[str, Any]]],
+    batches: ResumableIterator,
+    to_global: Callable[[dict[str, np.ndarray]], Any],
+    evaluate: Evaluator,
+    store: CheckpointStore,
+    run_log: RunLog,
+    run_config: dict[str, Any],
+    count_tokens: Callable[[dict[str, np.ndarray]], int],
+    task_names: list[str] | None = None,
+    show_progress: bool = True,
+) -> tuple[Any, LoopResult]:
+    """Train from the latest checkpoint in ``store`` (or from ``state``) to ``config.num_steps``."""
+    progress = _Progress()
+    start = 0
+    resumed_from = store.latest_step()
+    if resumed_from is not None:
+        state, data_state, _ = store.restore(
+            resumed_from, abstract_like(state, state_shardings), run_config.get("model")
+        )
+        batches.set_state(data_state["iterator"])
+        progress = _Progress(**data_state.get("loop", {}))
+        start = resumed_from
+        run_log.truncate_after(resumed_from)
+        log.info("resumed from checkpoint %d in %s", resumed_from, store.directory)
+
+    checkpoint_every = config.checkpoint_every or config.eval_every
+    result = LoopResult(
+        last_step=start, best_step=progress.best_step, best_score=progress.best_score,
+        resumed_from=resumed_from,
+    )
+
+    def save(step: int, score: float | None, force: bool = False) -> None:
+        data_state = {"iterator": batches.get_state(), "loop": dataclasses.asdict(progress)}
+        store.save(step, state, data_state, run_config, score=score, force=force)
+
+    bar = _progress_bar(config.num_steps, start, show_progress)
+    timer = _Throughput()
+    pending: tuple[int, Mapping[str, Any], int] | None = None
+    step = start
+    with _Preemption() as preemption:
+        while step < config.num_steps:
+            local = next(batches)
+            tokens = count_tokens(local)
+            state, metrics = train_step(state, to_global(local))
+            step += 1
+            # Fetch the previous step's metrics after dispatching this one: the host never
+            # waits for the device except to read numbers that are already computed.
+            if pending is not None:
+                _log_train(run_log, bar, timer, *pending, task_names)
+            pending = (step, metrics, tokens)
+
+            evaluated = step % config.eval_every == 0 or step == config.num_steps
+            stop = False
+            if evaluated:
+                _log_train(run_log, bar, timer, *pending, task_names)
+                pending = None
+                outcome = evaluate(state, step)
+                for record in outcome.records:
+                    run_log.write(record)
+                improved = progress.best_score is None or outcome.score > progress.best_score
+                if improved:
+                    progress = _Progress(outcome.score, step, 0)
+                else:
+                    progress.evals_since_best += 1
+                run_log.write({"step": step, "kind": "eval_summary", "score": outcome.score,
+                               "best_score": progress.best_score, "best_step": progress.best_step})
+                _say(bar, f"step {step}: score {100 * outcome.score:.2f} "
+                          f"(best {100 * progress.best_score:.2f} at step {progress.best_step})"
+                     + (f"\n{outcome.summary}" if outcome.summary else ""))
+                stop = config.patience is not None and progress.evals_since_best >= config.patience
+                save(step, outcome.score)
+            elif step % checkpoint_every == 0:
+                save(step, None)
+            if preemption.requested or stop:
+                if pending is not None:
+                    _log_train(run_log, bar, timer, *pending, task_names)
+                    pending = None
+                if not evaluated and step % checkpoint_every:
+                    save(step, None, force=True)
+                result.preempted = preemption.requested
+                result.stopped_early = stop and not preemption.requested
+                break
+        if pending is not None:
+            _log_train(run_log, bar, timer, *pending, task_names)
+    store.wait()
+    run_log.flush()
+    if bar is not None:
+        bar.close()
+    result.last_step = step
+    result.best_step, result.best_score = progress.best_step, progress.best_score
+    return state, result
+
+
+class _Throughput:
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def tick(self) -> float:
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        return max(dt, 1e-9)
+
+
+def _log_train(
+    run_log: RunLog,
+    bar: Any,
+    timer: _Throughput,
+    step: int,
+    metrics: Mapping[str, Any],
+    tokens: int,
+    task_names: list[str] | None,
+) -> None:
+    host = jax.device_get(dict(metrics))
+    dt = timer.tick()
+    record: dict[str, Any] = {"step": step, "kind": "train"}
+    for key in ("loss", "z_loss", "grad_norm", "learning_rate", "weight"):
+        if key in host:
+            record[key] = float(np.asarray(host[key]))
+    if task_names and "per_task_loss" in host:
+        losses = np.asarray(host["per_task_loss"])
+        weights = np.asarray(host.get("per_task_weight", np.ones_like(losses)))
+        for name, value, weight in zip(task_names, losses, weights, strict=False):
+            if weight > 0:
+                record[f"loss/{name}"] = float(value)
+    record["steps_per_sec"] = 1.0 / dt
+    record["tokens_per_sec"] = tokens / dt
+    run_log.write(record)
+    if bar is not None:
+        bar.n = step
+        bar.set_postfix(
+            loss=f"{record.get('loss', float('nan')):.4f}",
+            steps_s=f"{record['steps_per_sec']:.2f}",
+            tok_s=f"{record['tokens_per_sec']:.0f}",
+            refresh=False,
+        )
+        bar.refresh()
+
+
+def _progress_bar(total: int, initial: int, show: bool) -> Any:
+    if not show or jax.process_index() != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _say(bar: Any, text: str) -> None:
+    if jax.process_index() != 0:
+        return
+    if bar is not None:
+        bar.write(text)
+    else:
+        print(text, flush=True)
