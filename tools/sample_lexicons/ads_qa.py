@@ -1,0 +1,106 @@
+"""QADSM (query -> ad relevance) and QAM (question -> passage) lexicons for en de fr.
+
+Written for this project. QADSM rule: an ad is Good iff its title + description contains a word of
+the query (products and query modifiers never occur in the ad templates). QAM rule: a passage is
+True iff it mentions the entity the question asks about (entities never occur in the templates).
+"""
+
+QADSM: dict[str, dict] = {
+    "en": {
+        "products": ["laptop", "sneakers", "sofa", "bicycle", "wristwatch", "jacket",
+                     "headphones", "camera", "tent", "blender", "backpack", "mattress",
+                     "vacuum", "drill", "stroller"],
+        "modifiers": ["cheap", "used", "discount", "best", "compare", "reviews"],
+        "queries": ["{mod} {product}", "{product} {mod}", "{product}"],
+        "brands": ["Nordvik", "Altaro", "Kestrel", "Vantor", "Lumina", "Brisco"],
+        "titles": ["Quality {product} for every budget", "Top {product} models in stock",
+                   "{brand}: new {product} collection", "{brand} - {product} outlet"],
+        "descriptions": ["Order your {product} today and get free delivery.",
+                         "Hundreds of {product} models with a two-year warranty.",
+                         "Visit our store and find the right {product} for you.",
+                         "Fast shipping on every {product}. Easy returns within 30 days."],
+    },
+    "de": {
+        "products": ["Laptop", "Laufschuhe", "Sofa", "Fahrrad", "Armbanduhr", "Winterjacke",
+                     "Kopfhörer", "Kamera", "Zelt", "Mixer", "Rucksack", "Matratze",
+                     "Staubsauger", "Bohrmaschine", "Kinderwagen"],
+        "modifiers": ["günstig", "gebraucht", "rabatt", "testsieger", "vergleich",
+                      "bewertungen"],
+        "queries": ["{product} {mod}", "{mod} {product}", "{product}"],
+        "brands": ["Nordvik", "Altaro", "Kestrel", "Vantor", "Lumina", "Brisco"],
+        "titles": ["{product} in großer Auswahl", "{brand}: {product} jetzt im Angebot",
+                   "Top-Modelle: {product} ab 49 Euro", "{brand} Outlet - {product}"],
+        "descriptions": ["{product} heute bestellen, Lieferung kostenlos.",
+                         "Zwei Jahre Garantie auf jedes Modell der Kategorie {product}.",
+                         "Besuchen Sie unseren Shop und finden Sie das passende Angebot: "
+                         "{product}.",
+                         "Schneller Versand für die Kategorie {product}. Rückgabe in 30 Tagen."],
+    },
+    "fr": {
+        "products": ["ordinateur", "baskets", "canapé", "vélo", "montre", "veste", "casque",
+                     "caméra", "tente", "mixeur", "trottinette", "matelas", "aspirateur",
+                     "perceuse", "poussette"],
+        "modifiers": ["promo", "occasion", "soldes", "comparatif", "avis", "reconditionné"],
+        "queries": ["{product} {mod}", "{mod} {product}", "{product}"],
+        "brands": ["Nordvik", "Altaro", "Kestrel", "Vantor", "Lumina", "Brisco"],
+        "titles": ["{product} : large choix en ligne", "{brand} : nouvelle collection {product}",
+                   "Top modèles {product} dès 49 euros", "{brand} - {product} à prix réduit"],
+        "descriptions": ["Commandez votre {product} aujourd'hui, livraison gratuite.",
+                         "Garantie de deux ans sur chaque modèle {product}.",
+                         "Visitez notre boutique et trouvez l'offre qui vous convient : "
+                         "{product}.",
+                         "Expédition rapide pour la catégorie {product}. Retour sous 30 jours."],
+    },
+}
+
+QAM: dict[str, dict] = {
+    "en": {
+        "entities": ["volcanoes", "bees", "glaciers", "penguins", "earthquakes", "rainbows",
+                     "coffee", "tea", "bamboo", "whales", "photosynthesis", "the Sahara",
+                     "eclipses", "coral reefs", "thunderstorms"],
+        "questions": ["what do we know about {x}", "interesting facts about {x}",
+                      "how do scientists study {x}", "where can i learn more about {x}",
+                      "{x} explained simply"],
+        "answers": ["Scientists have studied {x} for many years.",
+                    "Many school books describe {x} in detail.",
+                    "A new museum exhibition about {x} opened last month.",
+                    "Children often ask their parents about {x}.",
+                    "There are many documentaries about {x}."],
+        "fillers": ["The information comes from an encyclopedia.",
+                    "Several universities offer free courses.", "Some of the facts are surprising.",
+                    "The text was checked by two editors."],
+    },
+    "de": {
+        "entities": ["Vulkane", "Bienen", "Gletscher", "Pinguine", "Erdbeben", "Regenbögen",
+                     "Kaffee", "Tee", "Bambus", "Wale", "Photosynthese", "Sonnenfinsternisse",
+                     "Korallenriffe", "Wüsten", "Gewitter"],
+        "questions": ["was weiß man über {x}", "interessante fakten über {x}",
+                      "wie erforschen wissenschaftler {x}", "wo kann man mehr über {x} lernen",
+                      "{x} einfach erklärt"],
+        "answers": ["Wissenschaftler erforschen {x} seit vielen Jahren.",
+                    "Viele Schulbücher beschreiben {x} sehr genau.",
+                    "Eine neue Ausstellung über {x} wurde letzten Monat eröffnet.",
+                    "Kinder fragen ihre Eltern oft nach dem Thema {x}.",
+                    "Es gibt viele Dokumentarfilme über {x}."],
+        "fillers": ["Die Informationen stammen aus einem Lexikon.",
+                    "Mehrere Universitäten bieten kostenlose Kurse an.",
+                    "Einige Fakten sind überraschend.", "Zwei Redakteure haben den Text geprüft."],
+    },
+    "fr": {
+        "entities": ["les volcans", "les abeilles", "les glaciers", "les manchots",
+                     "les tremblements de terre", "les arcs-en-ciel", "le café", "le thé",
+                     "le bambou", "les baleines", "la photosynthèse", "le Sahara",
+                     "les éclipses", "les récifs coralliens", "les orages"],
+        "questions": ["que sait-on sur {x}", "faits intéressants sur {x}",
+                      "comment les scientifiques étudient {x}", "où apprendre plus sur {x}",
+                      "tout savoir sur {x}"],
+        "answers": ["Les scientifiques étudient {x} depuis de nombreuses années.",
+                    "De nombreux manuels scolaires décrivent {x} en détail.",
+                    "Une nouvelle exposition sur {x} a ouvert le mois dernier.",
+                    "Les enfants posent souvent des questions sur {x}.",
+                    "Il existe de nombreux documentaires sur {x}."],
+        "fillers": ["Les informations proviennent d'une encyclopédie.",
+                    "Plusieurs universités proposent des cours gratuits.",
+                    "Certains faits sont surprenants.", "Deux rédacteurs ont vérifié le texte."],
+    },
+}

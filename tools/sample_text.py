@@ -1,0 +1,473 @@
+"""Deterministic synthetic multilingual sample text for every dataset of the project.
+
+The project ships no third-party data, so its demo samples and its demo SentencePiece models are
+made from text generated here: sentences filled from small hand-written per-language lexicons
+(``tools/sample_lexicons/``), labelled by simple rules that a small model trained from scratch can
+learn in every language:
+
+- xnli: hypothesis restates the premise -> entailment; the restatement negated -> contradiction;
+  it names an object or place the premise does not mention -> neutral.
+- pawsx: sentence2 moves the time/place phrase of sentence1 -> same (1); it also swaps who acts
+  on whom -> different (0). The cue is which name is the actor.
+- nc: the category whose keyword list has the most whole-word hits in title + body.
+- qadsm: Good iff the ad title + description contains a word of the query.
+- qam: True iff the passage mentions the entity the question asks about.
+- wpr: grade = number of the query's four terms found in title + snippet (0 Bad .. 4 Perfect).
+- ctkfacts_nli: SUPPORTS iff an evidence sentence equals the claim; REFUTES iff one differs from
+  it only by a negated verb or a different number; NOT ENOUGH INFO otherwise.
+
+Same seed -> identical output (pure Python ``random.Random`` seeded from a SHA-256 of the
+arguments; no dependence on ``PYTHONHASHSEED``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+
+if __package__:
+    from .sample_lexicons import (
+        BACKGROUND,
+        BASE,
+        CATEGORIES,
+        NC,
+        NUMERIC_FACTS,
+        PAWSX,
+        QADSM,
+        QAM,
+        SLOTS,
+        TOWNS,
+        WPR,
+    )
+    from .sample_lexicons.scripts import inventory_lines
+else:  # imported with tools/ itself on sys.path (python tools/make_samples.py)
+    from sample_lexicons import (
+        BACKGROUND,
+        BASE,
+        CATEGORIES,
+        NC,
+        NUMERIC_FACTS,
+        PAWSX,
+        QADSM,
+        QAM,
+        SLOTS,
+        TOWNS,
+        WPR,
+    )
+    from sample_lexicons.scripts import inventory_lines
+
+XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur",
+                  "vi", "zh")
+MC4_LANGUAGES = ("ar", "bg", "cs", "de", "el", "en", "es", "fr", "hi", "it", "ja", "ko", "pt",
+                 "ru", "sw", "th", "tr", "ur", "vi", "zh")
+SPLITS = ("train", "validation", "test")
+
+
+def _by_split(train: tuple[str, ...], evaluation: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    return {"train": train, "validation": evaluation, "test": evaluation}
+
+
+# dataset -> split -> languages (the data-contract table; xnli train has all 15 for XNLI_mix,
+# pawsx evaluation includes ja ko zh of the original PAWS-X release).
+LANGUAGES: dict[str, dict[str, tuple[str, ...]]] = {
+    "xnli": _by_split(XNLI_LANGUAGES, XNLI_LANGUAGES),
+    "pawsx": _by_split(("en",), ("de", "en", "es", "fr", "ja", "ko", "zh")),
+    "nc": _by_split(("en",), ("de", "en", "es", "fr", "ru")),
+    "qadsm": _by_split(("en",), ("de", "en", "fr")),
+    "qam": _by_split(("en",), ("de", "en", "fr")),
+    "wpr": _by_split(("en",), ("de", "en", "es", "fr", "it", "pt", "zh")),
+    "ctkfacts_nli": _by_split(("cs",), ("cs",)),
+}
+DATASETS = tuple(LANGUAGES)
+
+LABELS: dict[str, tuple] = {
+    "xnli": ("entailment", "neutral", "contradiction"),
+    "pawsx": (0, 1),
+    "nc": CATEGORIES,
+    "qadsm": ("Bad", "Good"),
+    "qam": ("False", "True"),
+    "wpr": ("Bad", "Fair", "Good", "Excellent", "Perfect"),
+    "ctkfacts_nli": ("SUPPORTS", "NOT ENOUGH INFO", "REFUTES"),
+}
+
+_NO_SPACE = ("zh", "ja", "th")  # scripts written without spaces between words
+
+
+def _rng(*keys: object) -> random.Random:
+    """A generator seeded from the arguments only (stable across runs and Python versions)."""
+    digest = hashlib.sha256("\x1f".join(map(str, keys)).encode("utf-8")).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _tidy(text: str) -> str:
+    """Collapse the gaps left by empty template slots."""
+    text = " ".join(text.split())
+    for mark in (".", ",", "。", "，", "।", "۔", ":"):
+        text = text.replace(" " + mark, mark)
+    return text
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _balanced(labels: tuple, n: int, rng: random.Random) -> list:
+    """n labels, as equal in count as n allows, in random order."""
+    out = [labels[i % len(labels)] for i in range(n)]
+    rng.shuffle(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Clauses: subject, verb, object, place, time of one language's lexicon.
+
+
+def _pick_clause(lang: str, rng: random.Random, avoid_objects: tuple[str, ...] = (),
+                 avoid_subjects: tuple[str, ...] = ()) -> dict:
+    lex = BASE[lang]
+    return {
+        "subj": rng.choice([s for s in lex["subjects"] if s not in avoid_subjects]),
+        "verb": rng.randrange(len(lex["verbs"])),
+        "obj": rng.choice([o for o in lex["objects"] if o not in avoid_objects]),
+        "place": rng.choice(lex["places"]),
+        "time": rng.choice(lex["times"]) if rng.random() < 0.7 else "",
+    }
+
+
+def render_clause(lang: str, parts: dict, negated: bool = False) -> str:
+    """One sentence of ``lang`` from clause parts (empty place/time slots are dropped)."""
+    lex = BASE[lang]
+    text = lex["clause"].format(
+        subj=parts["subj"], verb=lex["verbs"][parts["verb"]][int(negated)], obj=parts["obj"],
+        place=parts["place"], time=parts["time"], neg=lex.get("neg", "") if negated else "")
+    return _tidy(text) + lex.get("end", ".")
+
+
+def _join(lang: str, sentences: list[str]) -> str:
+    return BASE[lang].get("sep", " ").join(sentences)
+
+
+# ---------------------------------------------------------------------------------------------
+# XNLI
+
+
+def _xnli_row(lang: str, label: str, rng: random.Random) -> dict:
+    lex = BASE[lang]
+    main = _pick_clause(lang, rng)
+    sentences = [render_clause(lang, main)]
+    mentioned_objects = [main["obj"]]
+    mentioned_places = [main["place"]]
+    if rng.random() < 0.5:  # a second, unrelated sentence makes the premise less template-like
+        other = _pick_clause(lang, rng, avoid_objects=(main["obj"],),
+                             avoid_subjects=(main["subj"],))
+        sentences.append(render_clause(lang, other))
+        mentioned_objects.append(other["obj"])
+        mentioned_places.append(other["place"])
+    hyp = dict(main, time="")
+    if rng.random() < 0.5:
+        hyp["place"] = ""
+    if label == "neutral":
+        if rng.random() < 0.7:
+            hyp["obj"] = rng.choice([o for o in lex["objects"] if o not in mentioned_objects])
+        else:
+            hyp["place"] = rng.choice([p for p in lex["places"] if p not in mentioned_places])
+    return {"premise": _join(lang, sentences),
+            "hypothesis": render_clause(lang, hyp, negated=(label == "contradiction")),
+            "label": label}
+
+
+def _xnli(lang: str, n: int, rng: random.Random) -> list[dict]:
+    return [_xnli_row(lang, label, rng) for label in _balanced(LABELS["xnli"], n, rng)]
+
+
+# ---------------------------------------------------------------------------------------------
+# PAWS-X
+
+
+def _pawsx_sentence(lang: str, template: str, actor: str, patient: str, verb: str, place: str,
+                    time: str) -> str:
+    return _tidy(template.format(a=actor, b=patient, verb=verb, place=place, time=time,
+                                 Place=_cap(place), Time=_cap(time)))
+
+
+def _pawsx(lang: str, n: int, rng: random.Random) -> list[dict]:
+    lex, base = PAWSX[lang], BASE[lang]
+    rows = []
+    for label in _balanced(LABELS["pawsx"], n, rng):
+        a, b = rng.sample(lex["names"], 2)
+        verb = rng.choice(lex["verbs"])
+        place, time = rng.choice(base["places"]), rng.choice(base["times"])
+        # Always another word order, for both labels: template identity is no cue.
+        t1, t2 = rng.sample(range(len(lex["templates"])), 2)
+        s1 = _pawsx_sentence(lang, lex["templates"][t1], a, b, verb, place, time)
+        actor, patient = (a, b) if label == 1 else (b, a)
+        s2 = _pawsx_sentence(lang, lex["templates"][t2], actor, patient, verb, place, time)
+        rows.append({"sentence1": s1, "sentence2": s2, "label": label})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# mC4-style documents
+
+
+def _length(lang: str, text: str) -> int:
+    """Rough word count where words are not space-separated (zh/ja ~2, th ~4 chars a word)."""
+    if lang in _NO_SPACE:
+        return len(text) // (4 if lang == "th" else 2)
+    return len(text.split())
+
+
+def _doc_sentence(lang: str, rng: random.Random) -> str:
+    lex = BASE[lang]
+    roll = rng.random()
+    if roll < 0.25:
+        return rng.choice(lex["extras"])
+    if roll < 0.35 and lang in NC:
+        nc = NC[lang]
+        kws = nc["keywords"][rng.choice(CATEGORIES)]
+        return rng.choice(nc["bodies"]).format(kw=rng.choice(kws))
+    if roll < 0.42 and lang in QAM:
+        return rng.choice(QAM[lang]["answers"]).format(x=rng.choice(QAM[lang]["entities"]))
+    return render_clause(lang, _pick_clause(lang, rng), negated=rng.random() < 0.25)
+
+
+def mc4_documents(language: str, n: int, seed: int) -> list[str]:
+    """``n`` multi-sentence paragraphs (about 40-120 words) of ``language``."""
+    if language not in MC4_LANGUAGES:
+        raise ValueError(f"mc4_documents: no lexicon for language {language!r}; "
+                         f"known: {', '.join(MC4_LANGUAGES)}")
+    _check_n("mc4", n)
+    rng = _rng("mc4", language, seed)
+    docs = []
+    for _ in range(n):
+        target = rng.randint(40, 120)
+        sentences: list[str] = []
+        while _length(language, _join(language, sentences)) < target:
+            sentences.append(_doc_sentence(language, rng))
+        docs.append(_join(language, sentences))
+    return docs
+
+
+def _check_n(what: str, n: int) -> None:
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"{what}: n must be a non-negative int, got {n!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# NC
+
+
+def _nc(lang: str, n: int, rng: random.Random) -> list[dict]:
+    lex = NC[lang]
+    rows = []
+    for label in _balanced(CATEGORIES, n, rng):
+        kws = rng.sample(lex["keywords"][label], 5)
+        title = _cap(rng.choice(lex["titles"]).format(kw=kws[0], kw2=kws[1]))
+        bodies = rng.sample(lex["bodies"], rng.randint(2, 3))
+        sentences = [b.format(kw=k) for b, k in zip(bodies, kws[2:], strict=False)]
+        sentences += rng.sample(lex["fillers"], rng.randint(1, 2))
+        if rng.random() < 0.3:  # one off-topic keyword: the majority category still wins
+            other = rng.choice([c for c in CATEGORIES if c != label])
+            sentences.append(rng.choice(lex["bodies"]).format(
+                kw=rng.choice(lex["keywords"][other])))
+        rng.shuffle(sentences)
+        rows.append({"news_title": title, "news_body": " ".join(sentences),
+                     "news_category": label})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# QADSM and QAM
+
+
+def _qadsm(lang: str, n: int, rng: random.Random) -> list[dict]:
+    lex = QADSM[lang]
+    rows = []
+    for label in _balanced(LABELS["qadsm"], n, rng):
+        product = rng.choice(lex["products"])
+        query = rng.choice(lex["queries"]).format(product=product,
+                                                  mod=rng.choice(lex["modifiers"])).lower()
+        shown = product if label == "Good" else rng.choice(
+            [p for p in lex["products"] if p != product])
+        brand = rng.choice(lex["brands"])
+        rows.append({
+            "query": query,
+            "ad_title": _cap(rng.choice(lex["titles"]).format(product=shown, brand=brand)),
+            "ad_description": _cap(rng.choice(lex["descriptions"]).format(product=shown)),
+            "relevance_label": label,
+        })
+    return rows
+
+
+def _qam(lang: str, n: int, rng: random.Random) -> list[dict]:
+    lex = QAM[lang]
+    rows = []
+    for label in _balanced(LABELS["qam"], n, rng):
+        asked = rng.choice(lex["entities"])
+        about = asked if label == "True" else rng.choice(
+            [e for e in lex["entities"] if e != asked])
+        sentences = [a.format(x=about) for a in rng.sample(lex["answers"], rng.randint(1, 2))]
+        sentences += rng.sample(lex["fillers"], rng.randint(1, 2))
+        rng.shuffle(sentences)
+        rows.append({"question": rng.choice(lex["questions"]).format(x=asked),
+                     "answer": " ".join(sentences), "label": label})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# WPR
+
+
+def _wpr(lang: str, n: int, rng: random.Random, first_query_id: int) -> list[dict]:
+    lex = WPR[lang]
+    rows: list[dict] = []
+    query_id = first_query_id
+    while len(rows) < n:
+        terms = {slot: rng.choice(lex[slot]) for slot in SLOTS}
+        query = " ".join(terms[slot] for slot in SLOTS)
+        query = query if lang in _NO_SPACE else query.lower()
+        grades = list(range(len(LABELS["wpr"])))  # one page per grade, sometimes one more
+        rng.shuffle(grades)
+        if rng.random() < 0.3:
+            grades.append(rng.randrange(len(LABELS["wpr"])))
+        for grade in grades[: n - len(rows)]:
+            kept = set(rng.sample(SLOTS, grade))
+            values = {s: terms[s] if s in kept else rng.choice([v for v in lex[s] if v != terms[s]])
+                      for s in SLOTS}
+            rows.append({"query_id": query_id, "query": query,
+                         "web_page_title": _cap(rng.choice(lex["titles"]).format(**values)),
+                         "web_page_snippet": _cap(rng.choice(lex["snippets"]).format(**values)),
+                         "relavance_label": LABELS["wpr"][grade]})
+        query_id += 1
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# CTKFacts NLI (Czech)
+
+
+def _fact(rng: random.Random, template: tuple[str, int, int], town: tuple[str, str],
+          number: int | None = None) -> str:
+    text, low, high = template
+    value = rng.randint(low, high) if number is None else number
+    return text.format(town=town[0], loc=town[1], n=value)
+
+
+def _ctk_claim(rng: random.Random, label: str) -> tuple[str, str | None, list[str]]:
+    """(claim, the evidence sentence that decides it or None, unrelated sentences)."""
+    if rng.random() < 0.5:  # event claim, refuted by negation
+        parts = _pick_clause("cs", rng)
+        claim = render_clause("cs", parts)
+        key = {"SUPPORTS": claim, "REFUTES": render_clause("cs", parts, negated=True)}.get(label)
+        others = [render_clause("cs", _pick_clause("cs", rng, avoid_objects=(parts["obj"],),
+                                                   avoid_subjects=(parts["subj"],)))
+                  for _ in range(2)]
+    else:  # numeric fact, refuted by another value
+        template = rng.choice(NUMERIC_FACTS)
+        town = rng.choice(TOWNS)
+        number = rng.randint(template[1], template[2])
+        claim = _fact(rng, template, town, number)
+        wrong = rng.choice([v for v in (number - rng.randint(1, 9) * 10 ** rng.randint(0, 2),
+                                        number + rng.randint(1, 9) * 10 ** rng.randint(0, 2))
+                            if v > 0 and v != number])
+        key = {"SUPPORTS": claim, "REFUTES": _fact(rng, template, town, wrong)}.get(label)
+        others = [_fact(rng, rng.choice([t for t in NUMERIC_FACTS if t != template]),
+                        rng.choice([t for t in TOWNS if t != town])) for _ in range(2)]
+    return claim, key, others
+
+
+def _ctkfacts(n: int, rng: random.Random, first_id: int) -> list[dict]:
+    rows = []
+    for i, label in enumerate(_balanced(LABELS["ctkfacts_nli"], n, rng)):
+        claim, key, others = _ctk_claim(rng, label)
+        pool = others + rng.sample(BACKGROUND, 4)
+        rng.shuffle(pool)
+        paragraphs = [pool[j::k] for k in [rng.randint(1, 3)] for j in range(k)]
+        if key is not None:
+            target = rng.choice(paragraphs)
+            target.insert(rng.randint(0, len(target)), key)
+        rows.append({"id": first_id + i, "claim": claim,
+                     "evidence": [" ".join(p) for p in paragraphs], "label": label})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def records(dataset: str, language: str, split: str, n: int, seed: int) -> list[dict]:
+    """``n`` rows of ``dataset`` in ``language``/``split`` with the canonical fields.
+
+    Fields per dataset follow the data contract (``wpr`` rows carry ``query_id`` and group
+    several graded pages per query; ``ctkfacts_nli`` rows carry an int ``id`` and a list of
+    evidence paragraphs).
+    """
+    if dataset not in LANGUAGES:
+        raise ValueError(f"records: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"records({dataset!r}): unknown split {split!r}; known: {SPLITS}")
+    if language not in LANGUAGES[dataset][split]:
+        raise ValueError(f"records({dataset!r}): no {split!r} split in language {language!r}; "
+                         f"it has {', '.join(LANGUAGES[dataset][split])}")
+    _check_n(f"records({dataset!r}, {language!r}, {split!r})", n)
+    rng = _rng(dataset, language, split, seed)
+    # Ids unique across splits and languages, so concatenated files never collide.
+    first_id = 1 + 1_000_000 * SPLITS.index(split) + 10_000 * MC4_LANGUAGES.index(language)
+    if dataset == "xnli":
+        return _xnli(language, n, rng)
+    if dataset == "pawsx":
+        return _pawsx(language, n, rng)
+    if dataset == "nc":
+        return _nc(language, n, rng)
+    if dataset == "qadsm":
+        return _qadsm(language, n, rng)
+    if dataset == "qam":
+        return _qam(language, n, rng)
+    if dataset == "wpr":
+        return _wpr(language, n, rng, first_id)
+    return _ctkfacts(n, rng, first_id)
+
+
+def all_text(seed: int) -> Iterator[str]:
+    """The vocabulary-training corpus: documents and every text field of every task, all
+    languages, plus the character inventory of every script (``sample_lexicons.scripts``).
+    """
+    for lang in MC4_LANGUAGES:
+        yield from mc4_documents(lang, 150, seed)
+    for dataset, by_split in LANGUAGES.items():
+        for split, languages in by_split.items():
+            for lang in languages:
+                for row in records(dataset, lang, split, 40, seed):
+                    for value in row.values():
+                        if isinstance(value, str) and value not in LABELS[dataset]:
+                            yield value
+                        elif isinstance(value, list):
+                            yield from value
+    yield from inventory_lines()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print a few rows as JSON lines: ``python tools/sample_text.py DATASET LANG [SPLIT N SEED]``
+    (DATASET ``mc4`` prints documents).
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("dataset", choices=(*DATASETS, "mc4"))
+    parser.add_argument("language")
+    parser.add_argument("split", nargs="?", default="validation", choices=SPLITS)
+    parser.add_argument("n", nargs="?", type=int, default=5)
+    parser.add_argument("seed", nargs="?", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.dataset == "mc4":
+        rows: list = mc4_documents(args.language, args.n, args.seed)
+    else:
+        rows = records(args.dataset, args.language, args.split, args.n, args.seed)
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
