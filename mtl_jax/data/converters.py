@@ -234,6 +234,10 @@ class _EncDecBuilder:
         extras = {k: _scalar(example, k) for k in self._conv.passthrough}
         r = self._row
         self._write(r, 0, 0, inputs, targets)
+        if targets.size < self._lt:
+            # As seqio/T5X (shift of the padded row): the last target lands on the first pad
+            # position, where the loss weight is 0.
+            self._dec_in[r, targets.size] = targets[-1]
         self._task[r] = tid
         for k, v in extras.items():
             self._extra[k][r] = v
@@ -302,19 +306,21 @@ class _EncDecBuilder:
 def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
     """Kept lengths of a text pair cut to ``budget`` tokens, longest first.
 
-    Tokens come off the longer text until both are equally long, then alternately, so with an
-    odd remainder the first text keeps the extra token (Hugging Face ``longest_first``).
+    The longer text is cut first; the shorter one only once both would be equal, and then the
+    two share the budget with the odd token going to the longer text (to the second on a tie).
+    This is Hugging Face ``truncation="longest_first"`` as the ``tokenizers`` backend of
+    transformers 5 computes it.
     """
     if budget < 0:
         raise ValueError(f"no room for text: budget {budget} < 0")
-    excess = len_a + len_b - budget
-    if excess <= 0:
+    if len_a + len_b <= budget:
         return len_a, len_b
-    first = min(abs(len_a - len_b), excess)
-    rest = excess - first
-    if len_a > len_b:
-        return len_a - first - rest // 2, len_b - (rest - rest // 2)
-    return len_a - rest // 2, len_b - first - (rest - rest // 2)
+    swap = len_a > len_b
+    short, long_ = (len_b, len_a) if swap else (len_a, len_b)
+    long_ = short if short > budget else max(short, budget - short)
+    if short + long_ > budget:
+        short, long_ = budget // 2, budget // 2 + budget % 2
+    return (long_, short) if swap else (short, long_)
 
 
 def xlmr_input_ids(
@@ -325,7 +331,8 @@ def xlmr_input_ids(
     eos_id: int = 2,
 ) -> list[int]:
     """``<s> a </s></s> b </s>`` (or ``<s> a </s>`` without a second text), cut to fit."""
-    a, b = list(text), list(text_pair or [])
+    a = [int(t) for t in text]
+    b = [] if text_pair is None else [int(t) for t in text_pair]
     if not b:
         if max_length < 2:
             raise ValueError(f"max_length {max_length} leaves no room for <s> </s>")

@@ -626,7 +626,9 @@ def read_mc4_json_gz(
                         except json.JSONDecodeError as e:
                             raise _RowError(f"not valid JSON ({e.msg})") from None
                         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                            raise _RowError("missing field 'text' (a string)")
+                            raise _RowError(
+                                "missing field 'text'; expected a JSON object with a string 'text'"
+                            )
                         return {"text": obj["text"]}
 
                     yield line_no, parse

@@ -1,31 +1,32 @@
 """Mixture batches for training and evaluation, with an exactly restorable position.
 
 Design (why it is exact):
-- Each task has its own example stream: ``seqio`` ``Task.get_dataset`` with a seed derived from
-  (seed, task name) only, the process's ``ShardInfo``, and ``num_epochs=None`` when repeating.
-  The seed deliberately ignores the process index: seqio shards a non-file source by taking every
-  n-th example of the (seeded, hence identical) source order, so equal seeds are what make the
-  processes' shards disjoint. A stream is a deterministic sequence; its position is one number,
-  the count of examples consumed from it.
+- Each task has its own example stream from ``seqio`` ``Task.get_dataset`` with the process's
+  ``ShardInfo``. A repeating stream is a sequence of blocks of whole epochs (about
+  ``block_examples`` examples each), block b read with seed ``task_seed(seed, task, b)``. Seeds
+  deliberately ignore the process index: seqio shards a non-file source by taking every n-th
+  example of the (seeded, hence identical) source order, so equal seeds are what make the
+  processes' shards disjoint. A stream's position is (block, examples taken from the block).
 - Which task the next example comes from is a pure function of a counter, not of hidden RNG state:
   the task of the i-th example of the mixed stream (heterogeneous mode) is drawn from
-  ``np.random.default_rng([seed, process_index, block])`` for ``block = i // 4096``, and the task
-  of the k-th batch (homogeneous mode) from ``default_rng([seed, block])`` for ``block = k // 4096``
-  (no process index: every process picks the same task for batch k, so the GLOBAL batch is
-  homogeneous).
+  ``np.random.default_rng([seed, 1, process_index, block])`` for ``block = i // 4096``, and the
+  task of the k-th batch (homogeneous mode) from ``default_rng([seed, 2, k // 4096])`` (no process
+  index: every process picks the same task for batch k, so the GLOBAL batch is homogeneous).
 - Packing peeks: an example that does not fit the batch any more stays at the head of its stream
   and is not counted, so the counters always describe exactly what was handed out.
 
-The state is therefore a small JSON dict: batches drawn, mixed-stream position, examples consumed
-per task, plus the configuration it belongs to (checked on restore). ``set_state`` rebuilds each
-stream and skips its consumed count inside tf.data (``Dataset.skip``): the cost is O(examples
-consumed) preprocessing work, paid once per restore and per task (see the README for measured
-speed). That is the price of a state that does not hold shuffle buffers: tf.data's own iterator
-checkpoints would restore in O(buffer) but are large binary blobs tied to the TF version.
+The state is therefore a small JSON dict: batches drawn, mixed-stream position, each stream's
+(block, position), plus the configuration it belongs to (checked on restore). ``set_state``
+reopens each stream's block and skips its position inside tf.data (``Dataset.skip``): the cost is
+O(examples taken from the current block) preprocessing work per task, so at most about
+max(block_examples, one epoch) per task however long the run was, paid once per restore.
+tf.data's own iterator checkpoints would restore faster but are binary blobs holding shuffle
+buffers, tied to the TF version; this state is a few hundred bytes of JSON.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from mtl_jax.data.converters import FeatureConverter
 
@@ -44,13 +46,16 @@ STATE_VERSION = 1
 # Task choices are drawn in blocks; any block size gives a valid mixture, this one keeps the
 # per-block RNG set-up cost negligible and the cache small.
 CHOICE_BLOCK = 4096
+# A repeating task stream restarts (new seed) after about this many examples, rounded up to whole
+# epochs; it bounds what a restore must skip per task (see _TaskStream).
+BLOCK_EXAMPLES = 100_000
 # Distinguishes the two uses of the counter-based RNG (and leaves room for future ones).
 _HETEROGENEOUS_STREAM, _HOMOGENEOUS_STREAM = 1, 2
 
 
-def task_seed(seed: int, task: str) -> int:
-    """Seed of one task's stream: stable across runs, Python versions and processes."""
-    digest = hashlib.sha256(f"{seed}/{task}".encode()).digest()
+def task_seed(seed: int, task: str, block: int = 0) -> int:
+    """Seed of one block of a task's stream: stable across runs, Python versions and processes."""
+    digest = hashlib.sha256(f"{seed}/{task}/{block}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % (2**31 - 1)
 
 
@@ -67,8 +72,49 @@ def _get_task(name: str) -> seqio.Task:
     return provider
 
 
+# Examples are pulled from tf.data in small padded batches (and split again in NumPy): one
+# iterator call per example costs more than the whole conversion. Positions still count examples.
+FETCH_EXAMPLES = 64
+_LENGTH_PREFIX = "__length__/"
+
+
+def _batched(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Padded batches of FETCH_EXAMPLES, with each variable-length feature's true lengths."""
+    spec = ds.element_spec
+
+    def add_lengths(ex):
+        out = dict(ex)
+        for k, s in spec.items():
+            if s.shape.rank and s.shape.rank >= 1:
+                out[_LENGTH_PREFIX + k] = tf.shape(ex[k])[0]
+        return out
+
+    return ds.map(add_lengths).padded_batch(FETCH_EXAMPLES)
+
+
+def _unbatch(batch: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    keys = [k for k in batch if not k.startswith(_LENGTH_PREFIX)]
+    n = len(next(iter(batch.values())))
+    out = []
+    for i in range(n):
+        ex = {}
+        for k in keys:
+            v = batch[k][i]
+            lengths = batch.get(_LENGTH_PREFIX + k)
+            ex[k] = v[: lengths[i]] if lengths is not None else v
+        out.append(ex)
+    return out
+
+
 class _TaskStream:
-    """One task's examples as NumPy dicts, with a peekable head and a consumed count."""
+    """One task's examples as NumPy dicts, with a peekable head and an exact position.
+
+    A repeating stream is a sequence of BLOCKS: block b is ``get_dataset(num_epochs=E,
+    seed=task_seed(seed, task, b))`` with ``E`` epochs chosen once so that a block holds about
+    ``block_examples`` examples (one epoch for large tasks, many for small ones). The position is
+    (block, examples taken from it), so a restore skips at most one block, not the whole history.
+    A task whose size seqio cannot tell (e.g. a streamed hub dataset) is one endless block.
+    """
 
     def __init__(
         self,
@@ -79,52 +125,102 @@ class _TaskStream:
         shuffle: bool,
         shard_info: seqio.ShardInfo,
         repeat: bool,
+        block_examples: int,
     ):
         self.name, self.split = name, split
         self._sequence_length = dict(sequence_length)
         self._seed, self._shuffle, self._shard, self._repeat = seed, shuffle, shard_info, repeat
-        self.consumed = 0
+        self._block_examples = block_examples
+        self.consumed = 0  # examples taken in total (informational)
+        self.block = 0
+        self.position = 0  # examples taken from the current block
+        self.epochs_per_block: int | None = None  # None: endless block
+        self._sized = False  # epochs_per_block decided (computed, or restored from a state)
         self._it: Iterator[dict[str, Any]] | None = None
+        self._fetched: collections.deque[dict[str, Any]] = collections.deque()
         self._head: dict[str, Any] | None = None
         self._exhausted = False
 
-    def reset(self, consumed: int) -> None:
-        """Forget the open pipeline; the next peek rebuilds it and skips ``consumed``."""
-        self.consumed = int(consumed)
-        self._it, self._head, self._exhausted = None, None, False
+    def state(self) -> dict[str, Any]:
+        self._size()
+        return {
+            "consumed": self.consumed,
+            "block": self.block,
+            "position": self.position,
+            "epochs_per_block": self.epochs_per_block,
+        }
 
-    def _open(self) -> None:
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Forget the open pipeline; the next peek reopens the saved block and skips into it."""
+        self.consumed = int(state["consumed"])
+        self.block = int(state["block"])
+        self.position = int(state["position"])
+        epb = state["epochs_per_block"]
+        self.epochs_per_block = None if epb is None else int(epb)
+        self._sized = True
+        self._it, self._head, self._exhausted = None, None, False
+        self._fetched.clear()
+
+    def _task(self) -> seqio.Task:
         task = _get_task(self.name)
         if self.split not in task.splits:
             raise KeyError(
                 f"task '{self.name}' has no split '{self.split}'; it has {list(task.splits)}"
             )
+        return task
+
+    def _size(self) -> None:
+        if self._sized:
+            return
+        if not self._repeat:
+            self.epochs_per_block = 1
+        else:
+            n = self._task().num_input_examples(self.split)
+            if n:
+                per_shard = max(1, n // self._shard.num_shards)
+                self.epochs_per_block = max(1, -(-self._block_examples // per_shard))
+            else:
+                self.epochs_per_block = None
+        self._sized = True
+
+    def _open(self) -> None:
+        task = self._task()
+        self._size()
         ds = task.get_dataset(
             sequence_length=self._sequence_length,
             split=self.split,
             shuffle=self._shuffle,
-            seed=task_seed(self._seed, self.name),
+            seed=task_seed(self._seed, self.name, self.block),
             shard_info=self._shard,
-            num_epochs=None if self._repeat else 1,
+            num_epochs=self.epochs_per_block,
         )
-        if self.consumed:
-            ds = ds.skip(self.consumed)
-        self._it = ds.as_numpy_iterator()
+        if self.position:
+            ds = ds.skip(self.position)
+        self._it = _batched(ds).as_numpy_iterator()
+        self._fetched.clear()
+
+    def _next_example(self) -> dict[str, Any]:
+        if not self._fetched:
+            self._fetched.extend(_unbatch(next(self._it)))
+        return self._fetched.popleft()
 
     def peek(self) -> dict[str, Any] | None:
         """The next example without consuming it; None once a non-repeating stream ends."""
-        if self._head is None and not self._exhausted:
+        while self._head is None and not self._exhausted:
             if self._it is None:
                 self._open()
             try:
-                self._head = next(self._it)
+                self._head = self._next_example()
             except StopIteration:
+                self._it = None
+                if self._repeat and self.position > 0 and self.epochs_per_block is not None:
+                    self.block, self.position = self.block + 1, 0  # next block
+                    continue
                 self._exhausted = True
                 if self._repeat:
                     raise ValueError(
                         f"task '{self.name}' split '{self.split}' yields no examples on shard "
                         f"{self._shard.index} of {self._shard.num_shards}"
-                        + (f" after skipping {self.consumed}" if self.consumed else "")
                     ) from None
         return self._head
 
@@ -134,6 +230,7 @@ class _TaskStream:
             raise RuntimeError(f"pop() past the end of task '{self.name}'")
         self._head = None
         self.consumed += 1
+        self.position += 1
         return ex
 
 
@@ -153,6 +250,7 @@ class BatchIterator:
       shuffle: shuffle each task's examples. repeat: loop over each task forever (default: only
         for the "train" split). Without repeat, iteration stops at the first exhausted task a
         draw needs, after a last, partly filled batch (its empty rows are all padding).
+      block_examples: examples per block of a repeating task stream (bounds restore cost).
     """
 
     def __init__(
@@ -168,6 +266,7 @@ class BatchIterator:
         batch_mode: str = "heterogeneous",
         shuffle: bool = True,
         repeat: bool | None = None,
+        block_examples: int = BLOCK_EXAMPLES,
     ):
         tasks = [str(t) for t in tasks]
         if not tasks:
@@ -202,9 +301,19 @@ class BatchIterator:
         self.batch_mode = batch_mode
         self.shuffle = bool(shuffle)
         self.repeat = (split == "train") if repeat is None else bool(repeat)
+        if block_examples < 1:
+            raise ValueError(f"block_examples must be >= 1, got {block_examples}")
+        self.block_examples = int(block_examples)
         self._streams = [
             _TaskStream(
-                t, split, self.sequence_length, self.seed, self.shuffle, shard_info, self.repeat
+                t,
+                split,
+                self.sequence_length,
+                self.seed,
+                self.shuffle,
+                shard_info,
+                self.repeat,
+                self.block_examples,
             )
             for t in tasks
         ]
@@ -269,6 +378,7 @@ class BatchIterator:
             "shuffle": self.shuffle,
             "repeat": self.repeat,
             "shard": [self.shard_info.index, self.shard_info.num_shards],
+            "block_examples": self.block_examples,
             "converter": self.converter.describe(),
         }
 
@@ -279,7 +389,7 @@ class BatchIterator:
             "config": self._config(),
             "batches": self._batches,
             "position": self._position,
-            "consumed": {s.name: s.consumed for s in self._streams},
+            "streams": {s.name: s.state() for s in self._streams},
             "done": self._done,
         }
 
@@ -301,9 +411,8 @@ class BatchIterator:
             raise ValueError(
                 f"iterator state does not match this iterator's configuration: {lines}"
             )
-        consumed = state["consumed"]
         for s in self._streams:
-            s.reset(int(consumed[s.name]))
+            s.restore(state["streams"][s.name])
         self._batches = int(state["batches"])
         self._position = int(state["position"])
         self._done = bool(state.get("done", False))

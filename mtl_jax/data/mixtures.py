@@ -38,6 +38,7 @@ import numpy as np
 import seqio
 
 from mtl_jax.data import rates as rate_rules
+from mtl_jax.data import sources, tasks
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ class MixtureSpec:
         return self.members + tuple(t for t, _ in self.fixed)
 
     def rule_text(self) -> str:
-        args = ", ".join(f"{k}={v:g}" if isinstance(v, float | int) else f"{k}={v}"
-                         for k, v in self.rule_kwargs)
+        args = ", ".join(
+            f"{k}={v:g}" if isinstance(v, float | int) else f"{k}={v}" for k, v in self.rule_kwargs
+        )
         text = f"{self.rule}({args})" if args else self.rule
         if self.fixed:
             share = sum(s for _, s in self.fixed)
@@ -115,14 +117,10 @@ _SPECS: dict[str, MixtureSpec] = {}
 def _source_key(task_name: str) -> Any:
     """What the size of a task depends on besides its name: its dataset's configured source."""
     try:
-        from mtl_jax.data import sources, tasks
-    except ImportError:  # pragma: no cover - only while tasks.py is being written
-        return None
-    try:
         info = tasks.task_info(task_name)
     except KeyError:
         return None  # a task registered outside the project (tests, user code)
-    return sources.get_source(sources.canonical_dataset(info.dataset))
+    return sources.get_source(info.source_dataset)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -243,16 +241,21 @@ def task_examples(
 ) -> Iterator[dict[str, Any]]:
     """A task's preprocessed examples as NumPy dicts, in source order, NOT truncated.
 
-    Untruncated so that length statistics can say how much a given sequence length would cut;
-    ``sequence_length`` is still passed to preprocessors that need it (span corruption).
+    Untruncated so that length statistics can say how much a given sequence length would cut:
+    classification tasks are built without a sequence length (seqio then neither trims nor
+    lets ``append_eos_after_trim`` cut); span-corruption tasks need it to size their spans.
     """
     task = seqio.get_mixture_or_task(task_name)
     if not isinstance(task, seqio.Task):
         raise TypeError(f"'{task_name}' is a mixture, not a task")
     if split not in task.splits:
         raise KeyError(f"task '{task_name}' has no split '{split}'; it has {list(task.splits)}")
+    try:
+        needs_length = tasks.task_info(task_name).kind == "span_corruption"
+    except KeyError:  # a task registered outside the project
+        needs_length = True
     ds = task.get_dataset(
-        sequence_length=dict(sequence_length) if sequence_length else None,
+        sequence_length=dict(sequence_length) if sequence_length and needs_length else None,
         split=split,
         shuffle=False,
         num_epochs=1,
@@ -282,8 +285,6 @@ def feature_adds_eos(task_name: str, feature: str) -> bool:
 
 def _evaluation_tasks(datasets: Sequence[str], fmt: str) -> tuple[str, ...]:
     """Every per-language task of ``datasets`` in ``fmt`` that has a validation split."""
-    from mtl_jax.data import tasks
-
     out = []
     for info in tasks.all_task_infos():
         if info.format != fmt or info.dataset not in datasets or EVAL_SPLIT not in info.splits:
@@ -295,8 +296,6 @@ def _evaluation_tasks(datasets: Sequence[str], fmt: str) -> tuple[str, ...]:
 
 def register_builtin_mixtures() -> list[str]:
     """(Re-)register the mixtures of the table in the module docstring."""
-    from mtl_jax.data import sources
-
     names = []
     for fmt in FORMATS:
         xglue = [f"{ds}_{fmt}_en" for ds in XGLUE_DATASETS]
@@ -346,9 +345,4 @@ def register_builtin_mixtures() -> list[str]:
     return names
 
 
-try:
-    from mtl_jax.data import tasks as _tasks  # noqa: F401  (registers the tasks)
-except ImportError as _e:  # pragma: no cover - only while tasks.py is being written
-    log.warning("mtl_jax.data.tasks unavailable (%s); built-in mixtures not registered", _e)
-else:
-    BUILTIN_MIXTURES = tuple(register_builtin_mixtures())
+BUILTIN_MIXTURES = tuple(register_builtin_mixtures())

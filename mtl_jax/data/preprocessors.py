@@ -27,11 +27,6 @@ def _join_fields(features: Mapping[str, tf.Tensor], fields: Sequence[str]) -> tf
     return tf.strings.reduce_join(tf.stack([features[f] for f in fields]), separator=" ")
 
 
-def t2t_input_text(prefix: str, fields: Sequence[tuple[str, str]]) -> str:
-    """Python twin of :func:`t2t_text`'s inputs (for tests and docs): ``prefix: f: v f: v``."""
-    return f"{prefix}: " + " ".join(f"{name}: {value}" for name, value in fields)
-
-
 def t2t_text(
     dataset: tf.data.Dataset,
     *,

@@ -150,8 +150,15 @@ def _splits_for(dataset: str, language: str) -> tuple[str, ...]:
 def _build_task_infos() -> dict[str, TaskInfo]:
     infos: dict[str, TaskInfo] = {}
 
-    def classification(spec: DatasetSpec, fmt: TaskFormat, name: str, language: str,
-                       languages: tuple[str, ...], splits: tuple[str, ...], dataset: str) -> None:
+    def classification(
+        spec: DatasetSpec,
+        fmt: TaskFormat,
+        name: str,
+        language: str,
+        languages: tuple[str, ...],
+        splits: tuple[str, ...],
+        dataset: str,
+    ) -> None:
         infos[name] = TaskInfo(
             name=name, dataset=dataset, source_dataset=spec.source, format=fmt,
             language=language, languages=languages, splits=splits, head=spec.head,
@@ -165,7 +172,9 @@ def _build_task_infos() -> dict[str, TaskInfo]:
         for lang in languages:
             for fmt in FORMATS:
                 name = f"{spec.name}_{fmt}_{lang}"
-                classification(spec, fmt, name, lang, (lang,), _splits_for(spec.source, lang), spec.name)
+                classification(
+                    spec, fmt, name, lang, (lang,), _splits_for(spec.source, lang), spec.name
+                )
     for fmt in FORMATS:
         classification(DATASET_SPECS["xnli"], fmt, f"xnli_mix_{fmt}", MIX_LANGUAGE,
                        sources.XNLI_LANGUAGES, ("train",), "xnli_mix")  # fmt: skip
@@ -181,7 +190,9 @@ def _build_task_infos() -> dict[str, TaskInfo]:
 
 def task_info(name: str) -> TaskInfo:
     if name not in _TASK_INFOS:
-        raise KeyError(f"unknown task {name!r}; {len(_TASK_INFOS)} tasks are registered (see all_task_infos())")
+        raise KeyError(
+            f"unknown task {name!r}; {len(_TASK_INFOS)} tasks are registered (see all_task_infos())"
+        )
     return _TASK_INFOS[name]
 
 
@@ -230,6 +241,10 @@ def get_vocabulary(fmt: TaskFormat) -> seqio.Vocabulary:
             resolved = setting
         else:
             resolved = vocab_lib.load_vocabulary(kind, setting)
+        # A vocabulary that caches its TF tokenizer must create it eagerly: one first built while
+        # tracing a tf.data map would hold a graph tensor that the next task's map cannot use.
+        with tf.init_scope():
+            getattr(resolved, "tf_tokenizer", None)
         _VOCAB_RESOLVED[fmt] = resolved
     return _VOCAB_RESOLVED[fmt]
 
@@ -331,7 +346,9 @@ def output_features(info: TaskInfo) -> dict[str, seqio.Feature]:
     return {
         "text": seqio.Feature(vocab, add_eos=False),
         "text_pair": seqio.Feature(vocab, add_eos=False),
-        "label": seqio.Feature(seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32, rank=0),
+        "label": seqio.Feature(
+            seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32, rank=0
+        ),
     }
 
 
@@ -394,7 +411,9 @@ def _to_tf_dataset(examples: Iterable[dict], types: Mapping[str, tf.DType]) -> t
         }
         return tf.data.Dataset.from_tensor_slices(columns)
     signature = {k: tf.TensorSpec((), dtype) for k, dtype in types.items()}
-    return tf.data.Dataset.from_generator(lambda: ({k: ex[k] for k in types} for ex in examples), output_signature=signature)
+    return tf.data.Dataset.from_generator(
+        lambda: ({k: ex[k] for k in types} for ex in examples), output_signature=signature
+    )
 
 
 class RecordsSource(seqio.DataSource):
@@ -403,6 +422,7 @@ class RecordsSource(seqio.DataSource):
     def __init__(self, task: str, splits: Sequence[str]):
         super().__init__(splits=splits, num_input_examples=None, caching_permitted=False)
         self._task = task
+        self._counts: dict[tuple, int] = {}
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -412,11 +432,24 @@ class RecordsSource(seqio.DataSource):
         return [f"{self._task}:{split}"]
 
     def num_input_examples(self, split: str) -> int | None:
-        """Counted from local/bundled files; None for hub sources (counting would download)."""
+        """Counted from local/bundled files; None for hub sources (counting would download).
+
+        seqio asks on every ``get_dataset``; counts are memoised per file version.
+        """
         info = task_info(self._task)
-        if sources.get_source(info.source_dataset).kind == "hub":
+        spec = sources.get_source(info.source_dataset)
+        if spec.kind == "hub":
             return None
-        return len(source_examples(self._task, split))  # type: ignore[arg-type]
+        languages = info.languages if info.dataset == "xnli_mix" else (info.language,)
+        files = [
+            p
+            for lang in languages
+            for p in sources.locate(info.source_dataset, lang, split, spec).paths
+        ]
+        key = (split, spec) + tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+        if key not in self._counts:
+            self._counts[key] = len(source_examples(self._task, split))  # type: ignore[arg-type]
+        return self._counts[key]
 
     def get_dataset(
         self,
@@ -431,6 +464,7 @@ class RecordsSource(seqio.DataSource):
     ) -> tf.data.Dataset:
         del shuffle, seed, sequence_length, use_cached, num_epochs  # Task.get_dataset shuffles
         info = task_info(self._task)
+        get_vocabulary(info.format)  # resolve now: a bad path fails here, not inside a tf.data map
         ds = _to_tf_dataset(source_examples(self._task, split), _feature_types(info))
         if shard_info is not None and shard_info.num_shards > 1:
             ds = ds.shard(shard_info.num_shards, shard_info.index)
@@ -443,7 +477,12 @@ class RecordsSource(seqio.DataSource):
 def _t2t_postprocess(info: TaskInfo) -> Callable:
     def postprocess(output, example=None, is_target=False):
         text = output.decode("utf-8") if isinstance(output, bytes) else str(output)
-        if is_target and info.metrics and metrics_lib.is_ranking_metric(info.metrics[0]) and example is not None:
+        if (
+            is_target
+            and info.metrics
+            and metrics_lib.is_ranking_metric(info.metrics[0])
+            and example is not None
+        ):
             return {"label": text, "query_id": int(example["query_id"])}
         return text
 
@@ -483,13 +522,19 @@ def _preprocessors(info: TaskInfo) -> list[Callable]:
         ]
     if info.format == "t2t":
         return [
-            functools.partial(preprocessors.t2t_text, prefix=info.prefix, fields=info.fields,
-                              label_names=info.label_names),  # fmt: skip
+            functools.partial(
+                preprocessors.t2t_text,
+                prefix=info.prefix,
+                fields=info.fields,
+                label_names=info.label_names,
+            ),  # fmt: skip
             preprocessors.tokenize_strings,
             seqio.preprocessors.append_eos_after_trim,
         ]
     return [
-        functools.partial(preprocessors.cls_text, text_fields=info.text_fields, pair_fields=info.pair_fields),
+        functools.partial(
+            preprocessors.cls_text, text_fields=info.text_fields, pair_fields=info.pair_fields
+        ),
         preprocessors.tokenize_strings,
     ]
 
@@ -506,7 +551,9 @@ def _make_task(info: TaskInfo) -> seqio.Task:
     )
 
 
-def register_all(vocabularies: Mapping[TaskFormat, seqio.Vocabulary | str | Path | None] | None = None) -> list[str]:
+def register_all(
+    vocabularies: Mapping[TaskFormat, seqio.Vocabulary | str | Path | None] | None = None,
+) -> list[str]:
     """Register every task with seqio (idempotent); optionally set the format vocabularies first."""
     for fmt, vocab in (vocabularies or {}).items():
         set_vocabulary(fmt, vocab)

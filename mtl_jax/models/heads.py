@@ -21,21 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mtl_jax.models.layers import dropout, param
 from mtl_jax.training.losses import classification_cross_entropy, masked_logits, squared_error
-
-
-def dropout(x: jax.Array, rate: float, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
-    """Inverted dropout with a key drawn from ``rngs`` at call time.
-
-    Keys come from the caller (the trainer derives them from (seed, step)), never from state kept
-    in the module, so a resumed run draws the same masks. Shared with the encoder in ``xlmr.py``.
-    """
-    if deterministic or rate == 0.0:
-        return x
-    if rngs is None:
-        raise ValueError("deterministic=False needs rngs (e.g. nnx.Rngs(dropout=key)) for the dropout masks")
-    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 class TaskHeads(nnx.Module):
@@ -54,16 +41,20 @@ class TaskHeads(nnx.Module):
         if not task_num_labels or min(task_num_labels) < 1:
             raise ValueError(f"task_num_labels={task_num_labels}: need >= 1 task, each with >= 1 label")
         t, h, c = len(task_num_labels), hidden_size, max(task_num_labels)
-        std = initializer_range
-        # Columns past a task's label count stay zero, so export/import round trips are exact.
-        valid = jnp.arange(c)[None, None, :] < jnp.asarray(task_num_labels)[:, None, None]
-        out = std * jax.random.normal(rngs.params(), (t, h, c), jnp.float32) * valid
-        self.dense_kernel = nnx.Param(
-            std * jax.random.normal(rngs.params(), (t, h, h), jnp.float32), out_sharding=("tasks", "embed", "mlp")
-        )
-        self.dense_bias = nnx.Param(jnp.zeros((t, h), jnp.float32), out_sharding=("tasks", "mlp"))
-        self.out_kernel = nnx.Param(out, out_sharding=("tasks", "mlp", "classes"))
-        self.out_bias = nnx.Param(jnp.zeros((t, c), jnp.float32), out_sharding=("tasks", "classes"))
+        labels = jnp.asarray(task_num_labels)
+
+        def normal(key, shape, dtype=jnp.float32):
+            return initializer_range * jax.random.normal(key, shape, dtype)
+
+        def padded_normal(key, shape, dtype=jnp.float32):
+            # Columns past a task's label count stay zero, so export/import round trips are exact.
+            return normal(key, shape, dtype) * (jnp.arange(c)[None, None, :] < labels[:, None, None])
+
+        zeros = nnx.initializers.zeros_init()
+        self.dense_kernel = param(rngs, normal, (t, h, h), ("tasks", "embed", "mlp"))
+        self.dense_bias = param(rngs, zeros, (t, h), ("tasks", "mlp"))
+        self.out_kernel = param(rngs, padded_normal, (t, h, c), ("tasks", "mlp", "classes"))
+        self.out_bias = param(rngs, zeros, (t, c), ("tasks", "classes"))
         self.task_num_labels = task_num_labels
         self.dropout_rate = dropout_rate
 
@@ -81,10 +72,10 @@ class TaskHeads(nnx.Module):
     ) -> dict[str, jax.Array]:
         """Outputs of each example's own head from its first-token state ``[batch, hidden]``."""
         task_id = jnp.asarray(task_id, jnp.int32)
-        x = dropout(first_token.astype(jnp.float32), self.dropout_rate, deterministic, rngs)
+        x = dropout(first_token.astype(jnp.float32), self.dropout_rate, deterministic=deterministic, rngs=rngs)
         dense = jnp.einsum("bh,thk->btk", x, self.dense_kernel[...]) + self.dense_bias[...][None]
         h = jnp.take_along_axis(jnp.tanh(dense), task_id[:, None, None], axis=1)[:, 0]
-        h = dropout(h, self.dropout_rate, deterministic, rngs)
+        h = dropout(h, self.dropout_rate, deterministic=deterministic, rngs=rngs)
         kernel = jnp.take(self.out_kernel[...], task_id, axis=0)  # [batch, hidden, max_labels]
         raw = jnp.einsum("bh,bhc->bc", h, kernel) + jnp.take(self.out_bias[...], task_id, axis=0)
         num_labels = jnp.take(jnp.asarray(self.task_num_labels, jnp.int32), task_id)

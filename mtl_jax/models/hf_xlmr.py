@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from mtl_jax.models.hf_io import read_config, read_state_dict, write_checkpoint
-from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
+from mtl_jax.models.xlmr import XLMRConfig, XLMREncoder, XLMRMultiTask
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,9 @@ _ATTN_OUT = _Layout(  # [embed, heads*kv] -> [heads, kv, embed]
 def encoder_tensor_map(config: XLMRConfig) -> list[tuple[str, Path_, _Layout]]:
     """``(HF name without model prefix, our path under XLMREncoder, layout)`` for every tensor."""
     out: list[tuple[str, Path_, _Layout]] = [
-        ("embeddings.word_embeddings.weight", ("embeddings", "word_embeddings"), _COPY),
-        ("embeddings.position_embeddings.weight", ("embeddings", "position_embeddings"), _COPY),
-        ("embeddings.token_type_embeddings.weight", ("embeddings", "token_type_embeddings"), _COPY),
+        ("embeddings.word_embeddings.weight", ("embeddings", "word_embeddings", "embedding"), _COPY),
+        ("embeddings.position_embeddings.weight", ("embeddings", "position_embeddings", "embedding"), _COPY),
+        ("embeddings.token_type_embeddings.weight", ("embeddings", "token_type_embeddings", "embedding"), _COPY),
         ("embeddings.LayerNorm.weight", ("embeddings", "layer_norm", "scale"), _COPY),
         ("embeddings.LayerNorm.bias", ("embeddings", "layer_norm", "bias"), _COPY),
     ]
@@ -103,16 +103,26 @@ def _variable(module: nnx.Module, path: Path_) -> nnx.Variable:
     return obj
 
 
+def _is_abstract(var: nnx.Variable) -> bool:
+    return isinstance(var.get_value(), jax.ShapeDtypeStruct)
+
+
 def _assign(var: nnx.Variable, value: np.ndarray, where: str) -> None:
-    """Replace a parameter's value, keeping its dtype and (when sharded) its sharding."""
-    old = var[...]
+    """Set a parameter from a host array, placed by its logical axes when a mesh is active.
+
+    Works on concrete and on abstract (``nnx.eval_shape``) variables, so import never spends
+    time initialising weights it is about to overwrite.
+    """
+    old = var.get_value()
     if tuple(value.shape) != tuple(old.shape):
         raise ValueError(f"{where}: shape {tuple(value.shape)} does not fit our parameter of shape {tuple(old.shape)}")
-    new = jnp.asarray(value, dtype=old.dtype)
-    sharding = getattr(old, "sharding", None)
-    if sharding is not None:
-        new = jax.device_put(new, sharding)
-    var.value = new
+    value = np.asarray(value, dtype=old.dtype)
+    mesh = jax.sharding.get_mesh()
+    if not mesh.empty:
+        new = jax.device_put(value, jax.sharding.NamedSharding(mesh, nnx.spmd.get_var_pspec(var)))
+    else:
+        new = jnp.asarray(value)
+    var.set_value(new)
 
 
 def _encoder_prefix(state: Mapping[str, np.ndarray], directory: Path | str) -> str:
@@ -122,25 +132,31 @@ def _encoder_prefix(state: Mapping[str, np.ndarray], directory: Path | str) -> s
     raise KeyError(f"{directory}: no embeddings.word_embeddings.weight (with prefix roberta./bert./none)")
 
 
-def load_encoder_state(model: XLMRMultiTask, state: Mapping[str, np.ndarray], source: str = "state") -> list[str]:
+def load_encoder_state(
+    model: XLMRMultiTask, state: Mapping[str, np.ndarray], source: str = "state", *, seed: int = 0
+) -> list[str]:
     """Copy an HF encoder state dict (any model prefix) into ``model.encoder`` in place.
 
-    Returns the names of our tensors the checkpoint lacked and that keep their current values
-    (only the pooler may be missing: classification checkpoints have none).
+    Only the pooler may be missing (sequence-classification checkpoints have none): it is then
+    freshly initialised from ``seed``. Returns the HF names that were missing.
     """
     config = model.config
     prefix = _encoder_prefix(state, source)
-    missing = []
+    missing = [
+        prefix + hf_name
+        for hf_name, path, _ in encoder_tensor_map(config)
+        if path[0] == "pooler" and prefix + hf_name not in state
+    ]
+    if missing:
+        log.warning("%s has no pooler weights (%s); initialising the pooler from seed %d", source, missing, seed)
+        model.encoder.pooler = XLMREncoder.make_pooler(config, rngs=nnx.Rngs(params=seed))
     for hf_name, path, layout in encoder_tensor_map(config):
         key = prefix + hf_name
+        if key in missing:
+            continue
         if key not in state:
-            if path[0] == "pooler":
-                missing.append(key)
-                continue
             raise KeyError(f"{source}: missing tensor {key!r}")
         _assign(_variable(model.encoder, path), layout.to_ours(np.asarray(state[key]), config), f"{source}:{key}")
-    if missing:
-        log.warning("%s has no pooler weights (%s); the pooler keeps its initial values", source, missing)
     return missing
 
 
@@ -154,33 +170,50 @@ def encoder_state(model: XLMRMultiTask, prefix: str = "", *, pooler: bool = True
     return out
 
 
-def load_head_state(model: XLMRMultiTask, task: int, state: Mapping[str, np.ndarray], source: str = "state") -> None:
-    """Copy an HF ``classifier.*`` head (RoBERTa classification head) into head ``task``."""
-    heads = _heads(model, task)
-    n = model.config.task_num_labels[task]
-    names = [f"{_HEAD_PREFIX}{p}.{w}" for p in ("dense", "out_proj") for w in ("weight", "bias")]
-    for key in names:
-        if key not in state:
-            raise KeyError(f"{source}: missing tensor {key!r} (not a RoBERTa sequence-classification checkpoint?)")
-    out_w = np.asarray(state[f"{_HEAD_PREFIX}out_proj.weight"])
-    if out_w.shape[0] != n:
-        raise ValueError(f"{source}: head has {out_w.shape[0]} labels but task {task} expects {n} (task_num_labels)")
-    c = heads.max_labels
-    kernel = np.zeros((out_w.shape[1], c), np.float32)
-    kernel[:, :n] = out_w.T
-    bias = np.zeros((c,), np.float32)
-    bias[:n] = state[f"{_HEAD_PREFIX}out_proj.bias"]
-    for var, value in (
-        (heads.dense_kernel, np.asarray(state[f"{_HEAD_PREFIX}dense.weight"]).T),
-        (heads.dense_bias, np.asarray(state[f"{_HEAD_PREFIX}dense.bias"])),
-        (heads.out_kernel, kernel),
-        (heads.out_bias, bias),
-    ):
-        full = np.array(var[...])
-        if full[task].shape != value.shape:
-            raise ValueError(f"{source}: head tensor of shape {value.shape} does not fit {full[task].shape}")
-        full[task] = value
-        _assign(var, full, f"{source}: head {task}")
+def load_head_states(
+    model: XLMRMultiTask, states: Mapping[int, Mapping[str, np.ndarray]], sources: Mapping[int, str] | None = None
+) -> None:
+    """Copy HF ``classifier.*`` heads (RoBERTa classification heads) into heads ``k`` in place.
+
+    Heads not in ``states`` keep their values; abstract heads must be covered completely.
+    """
+    sources = sources or {}
+    heads = _heads(model, 0)
+    task_num_labels = model.config.task_num_labels
+    names = ("dense_kernel", "dense_bias", "out_kernel", "out_bias")
+    variables = {n: getattr(heads, n) for n in names}
+    if any(_is_abstract(v) for v in variables.values()) and set(states) != set(range(len(task_num_labels))):
+        raise ValueError(f"abstract heads need a state for every task; got tasks {sorted(states)}")
+    arrays = {
+        n: np.zeros(v.get_value().shape, np.float32) if _is_abstract(v) else np.array(v.get_value())
+        for n, v in variables.items()
+    }
+    for task, state in states.items():
+        _heads(model, task)
+        source = sources.get(task, f"head {task}")
+        for key in [f"{_HEAD_PREFIX}{p}.{w}" for p in ("dense", "out_proj") for w in ("weight", "bias")]:
+            if key not in state:
+                raise KeyError(f"{source}: missing tensor {key!r} (not a RoBERTa sequence-classification checkpoint?)")
+        n = task_num_labels[task]
+        out_w = np.asarray(state[f"{_HEAD_PREFIX}out_proj.weight"])
+        if out_w.shape[0] != n:
+            raise ValueError(
+                f"{source}: head has {out_w.shape[0]} labels but task {task} expects {n} (task_num_labels)"
+            )
+        new = {
+            "dense_kernel": np.asarray(state[f"{_HEAD_PREFIX}dense.weight"]).T,
+            "dense_bias": np.asarray(state[f"{_HEAD_PREFIX}dense.bias"]),
+            "out_kernel": np.pad(out_w.T, ((0, 0), (0, heads.max_labels - n))),
+            "out_bias": np.pad(np.asarray(state[f"{_HEAD_PREFIX}out_proj.bias"]), (0, heads.max_labels - n)),
+        }
+        for name, value in new.items():
+            if arrays[name][task].shape != value.shape:
+                raise ValueError(
+                    f"{source}: {name} of shape {value.shape} does not fit {arrays[name][task].shape}"
+                )
+            arrays[name][task] = value
+    for name, var in variables.items():
+        _assign(var, arrays[name], f"heads.{name}")
 
 
 def head_state(model: XLMRMultiTask, task: int) -> dict[str, np.ndarray]:
@@ -248,12 +281,19 @@ def load_hf_xlmr(
         else:
             task_num_labels = ()
     config = XLMRConfig.from_hf(hf_config, task_num_labels=tuple(task_num_labels), **config_overrides)
-    model = XLMRMultiTask(config, rngs=nnx.Rngs(params=seed))
-    load_encoder_state(model, state, str(encoder_dir))
-    for task, head_dir in (head_dirs or {}).items():
-        head_dir = Path(head_dir)
-        head_source = state if head_dir == encoder_dir else read_state_dict(head_dir)
-        load_head_state(model, int(task), head_source, str(head_dir))
+    model = nnx.eval_shape(lambda: XLMRMultiTask(config, rngs=nnx.Rngs(params=seed)))
+    load_encoder_state(model, state, str(encoder_dir), seed=seed)
+    head_dirs = {int(k): Path(v) for k, v in (head_dirs or {}).items()}
+    if config.task_num_labels:
+        if set(head_dirs) != set(range(len(config.task_num_labels))):
+            model.heads = XLMRMultiTask.make_heads(config, rngs=nnx.Rngs(params=seed))
+        states = {k: state if d == encoder_dir else read_state_dict(d) for k, d in head_dirs.items()}
+        load_head_states(model, states, {k: str(d) for k, d in head_dirs.items()})
+    elif head_dirs:
+        raise ValueError(f"head_dirs given for a model without tasks (task_num_labels={config.task_num_labels})")
+    left = ["/".join(map(str, p)) for p, v in nnx.to_flat_state(nnx.state(model)) if _is_abstract(v)]
+    if left:  # a converter bug, never a user error
+        raise RuntimeError(f"parameters left uninitialised after import: {left}")
     return LoadedXLMR(model, config, task_names)
 
 

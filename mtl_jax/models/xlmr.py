@@ -12,18 +12,27 @@ Flax shards every parameter eagerly at creation.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from mtl_jax.models.heads import TaskHeads, dropout
+from mtl_jax.models.heads import TaskHeads
+from mtl_jax.models.layers import (
+    ATTENTION_IMPLS,
+    DenseGeneral,
+    Embed,
+    LayerNorm,
+    as_dtype,
+    dot_product_attention,
+    dropout,
+    eager_sharding_if_mesh,
+    padding_mask,
+)
 
 # Every logical axis name a parameter of this file or of heads.py carries; a rules table must map
 # each of them (to a mesh axis or None), because Flax passes unknown names through as mesh axes.
@@ -100,8 +109,8 @@ class XLMRConfig:
     add_pooling_layer: bool = True
     task_num_labels: tuple[int, ...] = ()
     dtype: str = "float32"
-    # None/"xla": XLA attention; "cudnn": fused cuDNN kernel (GPU only; see jax.nn.dot_product_attention).
-    attention_implementation: str | None = None
+    # "auto": jax.nn.dot_product_attention picks the kernel; "cudnn": fused GPU kernel; "xla": einsum.
+    attention_impl: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_num_labels", tuple(int(n) for n in self.task_num_labels))
@@ -121,12 +130,9 @@ class XLMRConfig:
             )
         if any(n < 1 for n in self.task_num_labels):
             raise ValueError(f"XLMRConfig.task_num_labels={self.task_num_labels}: every task needs >= 1 label")
-        if self.attention_implementation not in (None, "xla", "cudnn"):
-            raise ValueError(
-                f"XLMRConfig.attention_implementation={self.attention_implementation!r}: "
-                "expected None, 'xla' or 'cudnn'"
-            )
-        jnp.dtype(self.dtype)  # raises on an unknown dtype name
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"XLMRConfig.attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
+        as_dtype(self.dtype)  # raises on an unknown dtype name
 
     @property
     def head_dim(self) -> int:
@@ -134,7 +140,7 @@ class XLMRConfig:
 
     @property
     def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
+        return as_dtype(self.dtype)
 
     @property
     def classifier_dropout_rate(self) -> float:
@@ -192,69 +198,25 @@ class XLMRConfig:
         return out
 
 
-@contextlib.contextmanager
-def annotate_only_without_mesh() -> Iterator[None]:
-    """Keep logical axis names as metadata only when no mesh is active.
+def _normal(stddev: float, zero_row: int | None = None) -> Callable[..., jax.Array]:
+    """HF's init: N(0, initializer_range), optionally with a zeroed padding row (nn.Embedding)."""
 
-    Flax 0.12 shards annotated variables eagerly and fails without a mesh; this lets the same
-    constructor build a one-device model (tests, the Python API) and a sharded one (trainer).
-    """
-    if jax.sharding.get_abstract_mesh().empty:
-        with nnx.use_eager_sharding(False):
-            yield
-    else:
-        yield
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        x = stddev * jax.random.normal(key, shape, dtype)
+        return x if zero_row is None or not 0 <= zero_row < shape[0] else x.at[zero_row].set(0)
+
+    return init
 
 
-def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], stddev: float) -> jax.Array:
-    return stddev * jax.random.normal(rngs.params(), shape, jnp.float32)
+def _dense(config: XLMRConfig, in_f, out_f, axis_names, rngs: nnx.Rngs) -> DenseGeneral:
+    return DenseGeneral(
+        in_f, out_f, axis_names=axis_names, use_bias=True, kernel_init=_normal(config.initializer_range),
+        dtype=config.compute_dtype, rngs=rngs,
+    )
 
 
-class Dense(nnx.Module):
-    """Affine map contracting the trailing ``len(in_shape)`` input dims, with a bias (HF Linear).
-
-    Kernels keep the head structure (``[embed, heads, kv]``) so each dim has its own logical axis.
-    """
-
-    def __init__(
-        self,
-        in_shape: tuple[int, ...],
-        out_shape: tuple[int, ...],
-        in_axes: tuple[str | None, ...],
-        out_axes: tuple[str | None, ...],
-        *,
-        stddev: float,
-        dtype: jnp.dtype,
-        rngs: nnx.Rngs,
-    ):
-        self.kernel = nnx.Param(_normal(rngs, in_shape + out_shape, stddev), out_sharding=in_axes + out_axes)
-        self.bias = nnx.Param(jnp.zeros(out_shape, jnp.float32), out_sharding=out_axes)
-        self.num_in = len(in_shape)
-        self.dtype = dtype
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        n = self.num_in
-        contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
-        y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), (contract, ((), ())))
-        return y + self.bias[...].astype(self.dtype)
-
-
-class LayerNorm(nnx.Module):
-    """LayerNorm with statistics in float32 whatever the compute dtype (stable in bfloat16)."""
-
-    def __init__(self, size: int, eps: float, dtype: jnp.dtype):
-        self.scale = nnx.Param(jnp.ones((size,), jnp.float32), out_sharding=("embed",))
-        self.bias = nnx.Param(jnp.zeros((size,), jnp.float32), out_sharding=("embed",))
-        self.eps = eps
-        self.dtype = dtype
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(jnp.float32)
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        centered = x - mean
-        var = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)
-        y = centered * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return y.astype(self.dtype)
+def _layer_norm(config: XLMRConfig, rngs: nnx.Rngs) -> LayerNorm:
+    return LayerNorm(config.hidden_size, eps=config.layer_norm_eps, dtype=config.compute_dtype, rngs=rngs)
 
 
 class SelfAttention(nnx.Module):
@@ -262,30 +224,21 @@ class SelfAttention(nnx.Module):
 
     def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
         h, n, d = config.hidden_size, config.num_attention_heads, config.head_dim
-        kw = dict(stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs)
-        self.query = Dense((h,), (n, d), ("embed",), ("heads", "kv"), **kw)
-        self.key = Dense((h,), (n, d), ("embed",), ("heads", "kv"), **kw)
-        self.value = Dense((h,), (n, d), ("embed",), ("heads", "kv"), **kw)
-        self.out = Dense((n, d), (h,), ("heads", "kv"), ("embed",), **kw)
+        self.query = _dense(config, h, (n, d), ("embed", "heads", "kv"), rngs)
+        self.key = _dense(config, h, (n, d), ("embed", "heads", "kv"), rngs)
+        self.value = _dense(config, h, (n, d), ("embed", "heads", "kv"), rngs)
+        self.out = _dense(config, (n, d), h, ("heads", "kv", "embed"), rngs)
         self.dropout_rate = config.attention_probs_dropout_prob
-        self.implementation = config.attention_implementation
+        self.impl = config.attention_impl
 
     def __call__(
         self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None
     ) -> jax.Array:
-        q, k, v = self.query(x), self.key(x), self.value(x)  # [batch, length, heads, head_dim]
-        key_mask = mask[:, None, None, :]  # [batch, 1, 1, length]: padded keys get no weight
-        if deterministic or self.dropout_rate == 0.0:
-            ctx = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation=self.implementation)
-        else:
-            # Dropout on the attention probabilities (RoBERTa's recipe) has no fused kernel in
-            # jax.nn.dot_product_attention, so training with it uses the plain formulation.
-            scale = 1.0 / np.sqrt(q.shape[-1])
-            logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
-            logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1)
-            probs = dropout(probs, self.dropout_rate, deterministic, rngs).astype(v.dtype)
-            ctx = jnp.einsum("bnts,bsnh->btnh", probs, v)
+        """``mask`` ``[batch, 1, 1, length]``: padded keys get no weight (queries are all kept)."""
+        ctx = dot_product_attention(
+            self.query(x), self.key(x), self.value(x), mask=mask, impl=self.impl,
+            dropout_rate=self.dropout_rate, deterministic=deterministic, rngs=rngs,
+        )
         return self.out(ctx)
 
 
@@ -293,12 +246,11 @@ class XLMRLayer(nnx.Module):
     """Post-LN transformer block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
 
     def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
-        kw = dict(stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs)
         self.attention = SelfAttention(config, rngs=rngs)
-        self.attention_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.compute_dtype)
-        self.intermediate = Dense((config.hidden_size,), (config.intermediate_size,), ("embed",), ("mlp",), **kw)
-        self.output = Dense((config.intermediate_size,), (config.hidden_size,), ("mlp",), ("embed",), **kw)
-        self.output_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.compute_dtype)
+        self.attention_norm = _layer_norm(config, rngs)
+        self.intermediate = _dense(config, config.hidden_size, config.intermediate_size, ("embed", "mlp"), rngs)
+        self.output = _dense(config, config.intermediate_size, config.hidden_size, ("mlp", "embed"), rngs)
+        self.output_norm = _layer_norm(config, rngs)
         self.activation = config.hidden_act
         self.dropout_rate = config.hidden_dropout_prob
 
@@ -306,10 +258,9 @@ class XLMRLayer(nnx.Module):
         self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None
     ) -> jax.Array:
         a = self.attention(x, mask, deterministic=deterministic, rngs=rngs)
-        x = self.attention_norm(dropout(a, self.dropout_rate, deterministic, rngs) + x)
-        h = ACTIVATIONS[self.activation](self.intermediate(x))
-        h = self.output(h)
-        return self.output_norm(dropout(h, self.dropout_rate, deterministic, rngs) + x)
+        x = self.attention_norm(dropout(a, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x)
+        h = self.output(ACTIVATIONS[self.activation](self.intermediate(x)))
+        return self.output_norm(dropout(h, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x)
 
 
 class XLMREmbeddings(nnx.Module):
@@ -317,18 +268,19 @@ class XLMREmbeddings(nnx.Module):
 
     def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
         h, std = config.hidden_size, config.initializer_range
-        word = _normal(rngs, (config.vocab_size, h), std)
-        position = _normal(rngs, (config.max_position_embeddings, h), std)
-        if 0 <= config.pad_token_id < config.vocab_size:  # HF zeroes the padding rows at init
-            word = word.at[config.pad_token_id].set(0.0)
-        if config.positions == "roberta":
-            position = position.at[config.pad_token_id].set(0.0)
-        self.word_embeddings = nnx.Param(word, out_sharding=("vocab", "embed"))
-        self.position_embeddings = nnx.Param(position, out_sharding=("position_embeddings", "embed"))
-        self.token_type_embeddings = nnx.Param(
-            _normal(rngs, (config.type_vocab_size, h), std), out_sharding=("token_types", "embed")
+        pad_position = config.pad_token_id if config.positions == "roberta" else None
+        # Tables are summed in float32 (as HF does), then LayerNorm emits the compute dtype.
+        self.word_embeddings = Embed(
+            config.vocab_size, h, axis_names=("vocab", "embed"), init=_normal(std, config.pad_token_id), rngs=rngs
         )
-        self.layer_norm = LayerNorm(h, config.layer_norm_eps, config.compute_dtype)
+        self.position_embeddings = Embed(
+            config.max_position_embeddings, h, axis_names=("position_embeddings", "embed"),
+            init=_normal(std, pad_position), rngs=rngs,
+        )
+        self.token_type_embeddings = Embed(
+            config.type_vocab_size, h, axis_names=("token_types", "embed"), init=_normal(std), rngs=rngs
+        )
+        self.layer_norm = _layer_norm(config, rngs)
         self.positions = config.positions
         self.pad_token_id = config.pad_token_id
         self.dropout_rate = config.hidden_dropout_prob
@@ -356,28 +308,27 @@ class XLMREmbeddings(nnx.Module):
     ) -> jax.Array:
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = jnp.take(self.word_embeddings[...], input_ids, axis=0)
-        x = x + jnp.take(self.position_embeddings[...], self.position_ids(attention_mask), axis=0)
-        x = x + jnp.take(self.token_type_embeddings[...], token_type_ids, axis=0)
-        return dropout(self.layer_norm(x), self.dropout_rate, deterministic, rngs)
+        x = self.word_embeddings(input_ids)
+        x = x + self.position_embeddings(self.position_ids(attention_mask))
+        x = x + self.token_type_embeddings(token_type_ids)
+        return dropout(self.layer_norm(x), self.dropout_rate, deterministic=deterministic, rngs=rngs)
 
 
 class XLMREncoder(nnx.Module):
     """Embeddings, ``num_hidden_layers`` post-LN blocks and the optional tanh pooler (first token)."""
 
     def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
-        with annotate_only_without_mesh():
+        with eager_sharding_if_mesh():
             self.embeddings = XLMREmbeddings(config, rngs=rngs)
             self.layers = nnx.List([XLMRLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
-            self.pooler = (
-                Dense(
-                    (config.hidden_size,), (config.hidden_size,), ("embed",), ("mlp",),
-                    stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs,
-                )
-                if config.add_pooling_layer
-                else None
-            )
+        self.pooler = self.make_pooler(config, rngs=rngs) if config.add_pooling_layer else None
         self.config = config
+
+    @staticmethod
+    def make_pooler(config: XLMRConfig, *, rngs: nnx.Rngs) -> DenseGeneral:
+        """A freshly initialised pooler (also used when a checkpoint has none)."""
+        with eager_sharding_if_mesh():
+            return _dense(config, config.hidden_size, config.hidden_size, ("embed", "mlp"), rngs)
 
     def __call__(
         self,
@@ -395,7 +346,7 @@ class XLMREncoder(nnx.Module):
                 f"(max {self.config.max_position_length} for XLMRConfig.max_position_embeddings="
                 f"{self.config.max_position_embeddings})"
             )
-        mask = attention_mask != 0
+        mask = padding_mask(attention_mask)
         x = self.embeddings(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
         for layer in self.layers:
             x = layer(x, mask, deterministic=deterministic, rngs=rngs)
@@ -409,17 +360,19 @@ class XLMRMultiTask(nnx.Module):
     def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.encoder = XLMREncoder(config, rngs=rngs)
-        if config.task_num_labels:
-            with annotate_only_without_mesh():
-                self.heads = TaskHeads(
-                    config.hidden_size,
-                    config.task_num_labels,
-                    dropout_rate=config.classifier_dropout_rate,
-                    initializer_range=config.initializer_range,
-                    rngs=rngs,
-                )
-        else:
-            self.heads = None
+        self.heads = self.make_heads(config, rngs=rngs) if config.task_num_labels else None
+
+    @staticmethod
+    def make_heads(config: XLMRConfig, *, rngs: nnx.Rngs) -> TaskHeads:
+        """Freshly initialised heads for ``config.task_num_labels`` (also used by the importer)."""
+        with eager_sharding_if_mesh():
+            return TaskHeads(
+                config.hidden_size,
+                config.task_num_labels,
+                dropout_rate=config.classifier_dropout_rate,
+                initializer_range=config.initializer_range,
+                rngs=rngs,
+            )
 
     def __call__(
         self,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtl_jax import features as F
+from mtl_jax.models.heads import per_example_loss
 from mtl_jax.training import losses
 
 Batch = dict[str, jax.Array]
@@ -177,18 +178,20 @@ class EncoderDecoderObjective(Objective):
 
 @dataclasses.dataclass(frozen=True)
 class ClassificationObjective(Objective):
-    """XLM-R with per-task heads: per-example cross entropy on the task's (masked) logits, or
-    squared error on the regression output for tasks with ``num_labels == 1``.
+    """XLM-R with per-task heads: per-example cross entropy on the example's task head, or squared
+    error on the regression output for tasks with one label (``models.heads.per_example_loss``).
 
-    ``num_labels[t]`` is the label count of task ``t``. An example whose ``attention_mask`` is all
+    The model returns ``logits`` (masked per task), ``regression`` and ``is_regression``.
+    ``num_labels`` (optional, per task) lets a missing ``regression_targets`` feature fail at
+    trace time instead of turning the loss into NaN. An example whose ``attention_mask`` is all
     zero is padding and has weight 0.
     """
 
-    num_labels: tuple[int, ...] = ()
     normalization: Any = "examples"
+    num_labels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if len(self.num_labels) != self.num_tasks:
+        if self.num_labels is not None and len(self.num_labels) != self.num_tasks:
             raise ValueError(
                 f"num_labels has {len(self.num_labels)} entries for {self.num_tasks} tasks"
             )
@@ -207,44 +210,32 @@ class ClassificationObjective(Objective):
             rngs=rngs,
         )
 
-    def _per_example(self, out: dict[str, jax.Array], batch: Batch) -> jax.Array:
-        task_id = batch[F.TASK_ID].astype(jnp.int32)
-        n_labels = jnp.asarray(self.num_labels, jnp.int32)[task_id]
-        is_regression = jnp.asarray([n == 1 for n in self.num_labels])[task_id]
-        logits = losses.masked_logits(out["logits"], n_labels)
-        labels = jnp.clip(batch[F.LABELS].astype(jnp.int32), 0, n_labels - 1)
-        ce = losses.classification_cross_entropy(logits, labels)
-        if not any(n == 1 for n in self.num_labels):
-            return ce
-        targets = batch.get(F.REGRESSION_TARGETS, jnp.zeros(task_id.shape, jnp.float32))
-        se = losses.squared_error(out["regression"], targets)
-        return jnp.where(is_regression, se, ce)
-
     def terms(
         self, model: nnx.Module, batch: Batch, *, deterministic: bool, rngs: nnx.Rngs | None
     ) -> LossTerms:
         _require(batch, (F.LABELS,), "classification objective")
+        if self.num_labels is not None and 1 in self.num_labels:
+            _require(batch, (F.REGRESSION_TARGETS,), "classification objective (regression task)")
         out = self._outputs(model, batch, deterministic, rngs)
-        per_example = self._per_example(out, batch)
+        per_example = per_example_loss(out, batch[F.LABELS], batch.get(F.REGRESSION_TARGETS))
         weights = (jnp.sum(batch[F.ATTENTION_MASK], axis=-1) > 0).astype(jnp.float32)
+        per_example = jnp.where(weights > 0, per_example, 0.0)
         task_loss, task_weight = losses.per_task_sums(
             per_example, weights, batch[F.TASK_ID].astype(jnp.int32), self.num_tasks
         )
-        zero = jnp.zeros((), jnp.float32)
         return LossTerms(
             numerator=jnp.sum(per_example * weights),
             denominator=jnp.sum(weights),
             task_loss=task_loss,
             task_weight=task_weight,
-            z_loss=zero,
+            z_loss=jnp.zeros((), jnp.float32),
         )
 
     def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
-        """Masked logits, the predicted class, and the regression output per example."""
+        """Masked logits, the predicted class and the regression output per example."""
         out = self._outputs(model, batch, True, None)
-        task_id = batch[F.TASK_ID].astype(jnp.int32)
-        logits = losses.masked_logits(out["logits"], jnp.asarray(self.num_labels)[task_id])
-        result = {"logits": logits, "predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
-        if "regression" in out:
-            result["regression"] = out["regression"]
-        return result
+        return {
+            "logits": out["logits"],
+            "predictions": jnp.argmax(out["logits"], axis=-1).astype(jnp.int32),
+            "regression": out["regression"],
+        }

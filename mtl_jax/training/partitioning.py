@@ -39,8 +39,11 @@ _REPLICATED = (
     ("stack", None),
     ("mlp_activations", None),
     ("type_vocab", None),
+    ("token_types", None),
+    ("position_embeddings", None),
     ("tasks", None),
     ("labels", None),
+    ("classes", None),
     ("lora_rank", None),
     ("norm", None),
 )

@@ -1,0 +1,306 @@
+"""BatchIterator: exact resume, mixture frequencies, determinism, host sharding, batch modes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.stats
+import seqio
+import tensorflow as tf
+
+from mtl_jax import features as F
+from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
+from mtl_jax.data.iterator import BatchIterator, mixture_iterator
+
+VOCAB = seqio.PassThroughVocabulary(size=1000)
+T2T_FEATURES = {
+    "inputs": seqio.Feature(VOCAB, add_eos=False),
+    "targets": seqio.Feature(VOCAB, add_eos=False),
+}
+CLS_FEATURES = {
+    "text": seqio.Feature(VOCAB, add_eos=False),
+    "text_pair": seqio.Feature(VOCAB, add_eos=False, required=False),
+}
+# name -> (head, number of examples); sizes differ so tasks roll over epochs at different times.
+T2T_TASKS = {"test_it_a": ("ha", 130), "test_it_b": ("hb", 70), "test_it_c": ("hc", 40)}
+HEADS = ("ha", "hb", "hc")
+LENGTHS = {"inputs": 16, "targets": 8}
+SIGNIFICANCE = 1e-4  # the frequency tests fail a correct sampler with probability 1e-4
+
+
+def _ragged(rows: list[np.ndarray]) -> tf.RaggedTensor:
+    return tf.RaggedTensor.from_row_lengths(
+        np.concatenate(rows).astype(np.int32), [len(r) for r in rows]
+    )
+
+
+def _t2t_fn(head: str, n: int):
+    """Example i: inputs = (1 + i % 7) x token 10+i, targets = (1 + i % 3) x token 10+i."""
+
+    def dataset_fn(split, shuffle_files, seed=None):
+        del shuffle_files, seed
+        idx = np.arange(n) + (0 if split == "train" else 10_000)
+        return tf.data.Dataset.from_tensor_slices(
+            {
+                "inputs": _ragged([np.full(1 + i % 7, 10 + i % 900) for i in idx]),
+                "targets": _ragged([np.full(1 + i % 3, 10 + i % 900) for i in idx]),
+                "idx": idx.astype(np.int32),
+                "task": [head] * n,
+            }
+        )
+
+    return dataset_fn
+
+
+def _cls_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    idx = np.arange(120)
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "text": _ragged([np.full(1 + i % 5, 5 + i) for i in idx]),
+            "text_pair": _ragged([np.full(i % 3, 7 + i) for i in idx]),
+            "label": (idx % 3).astype(np.int32),
+            "idx": idx.astype(np.int32),
+            "task": ["hcls"] * len(idx),
+        }
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_tasks():
+    added = []
+    for name, (head, n) in T2T_TASKS.items():
+        seqio.TaskRegistry.add(
+            name,
+            source=seqio.FunctionDataSource(
+                _t2t_fn(head, n),
+                splits=["train", "validation"],
+                num_input_examples={"train": n, "validation": n},
+            ),
+            output_features=T2T_FEATURES,
+            preprocessors=[],
+            shuffle_buffer_size=64,
+        )
+        added.append(name)
+    seqio.TaskRegistry.add(
+        "test_it_cls",
+        source=seqio.FunctionDataSource(_cls_fn, splits=["train"]),
+        output_features=CLS_FEATURES,
+        preprocessors=[],
+    )
+    added.append("test_it_cls")
+    seqio.MixtureRegistry.add("test_it_mix", [("test_it_a", 2.0), ("test_it_b", 1.0)])
+    yield
+    seqio.MixtureRegistry.remove("test_it_mix")
+    for name in added:
+        seqio.TaskRegistry.remove(name)
+
+
+def _iterator(
+    seed=0,
+    batch_mode="heterogeneous",
+    pack=False,
+    rates=(0.5, 0.3, 0.2),
+    batch_size=8,
+    shard=None,
+    split="train",
+    passthrough=(),
+    **kw,
+) -> BatchIterator:
+    return BatchIterator(
+        list(T2T_TASKS),
+        rates,
+        split,
+        LENGTHS,
+        batch_size,
+        EncDecConverter(HEADS, pack=pack, passthrough=passthrough),
+        seed=seed,
+        shard_info=shard,
+        batch_mode=batch_mode,
+        **kw,
+    )
+
+
+def _assert_same_batches(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=f"batch {i} feature {k}")
+
+
+def _take(it, n: int) -> list[dict]:
+    return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "batch_mode,pack,block_examples",
+    [
+        ("heterogeneous", False, 30),  # one epoch per block: the restore lands in block >= 1
+        ("heterogeneous", True, 100_000),  # one block of many epochs
+        ("homogeneous", True, 100_000),
+    ],
+)
+def test_restore_continues_exactly(batch_mode, pack, block_examples):
+    def make():
+        return _iterator(seed=3, batch_mode=batch_mode, pack=pack, block_examples=block_examples)
+
+    it = make()
+    _take(it, 37)
+    state = json.loads(json.dumps(it.get_state()))  # as a checkpoint would store it
+    streams = state["streams"]
+    # Every task is past its first epoch, so the restore skips across a reshuffle.
+    assert all(streams[t]["consumed"] > n for t, (_, n) in T2T_TASKS.items()), streams
+    if block_examples == 30:
+        assert all(s["block"] >= 1 for s in streams.values()), streams
+    expected = _take(it, 12)
+    resumed = make()
+    resumed.set_state(state)
+    _assert_same_batches(_take(resumed, 12), expected)
+    assert resumed.get_state() == it.get_state()
+
+
+def test_restore_classification_batches():
+    def make():
+        return BatchIterator(
+            ["test_it_cls"], [1.0], "train", {"inputs": 12}, 16,
+            ClassificationConverter(("hx", "hcls")), seed=5,
+        )  # fmt: skip
+
+    it = make()
+    _take(it, 11)
+    state = it.get_state()
+    expected = _take(it, 6)
+    resumed = make()
+    resumed.set_state(state)
+    got = _take(resumed, 6)
+    _assert_same_batches(got, expected)
+    assert (got[0][F.TASK_ID] == 1).all()
+
+
+def test_packing_neither_drops_nor_repeats_examples():
+    # The mixed stream does not depend on packing, so the packed batches' segments, read in
+    # order, must be exactly the examples of the unpacked stream, across batch boundaries.
+    unpacked = _take(_iterator(seed=9, batch_size=4), 60)
+    stream = [
+        (int(b[F.TASK_ID][r]), b[F.ENCODER_INPUT_TOKENS][r][0]) for b in unpacked for r in range(4)
+    ]
+    packed = _take(_iterator(seed=9, batch_size=4, pack=True), 12)
+    segments = []
+    for b in packed:
+        for r in range(4):
+            seg = b[F.ENCODER_SEGMENT_IDS][r]
+            for s in range(1, seg.max() + 1):
+                first = np.argmax(seg == s)
+                dec = b[F.DECODER_SEGMENT_IDS][r] == s
+                segments.append(
+                    (int(b[F.DECODER_TASK_IDS][r][dec][0]), b[F.ENCODER_INPUT_TOKENS][r][first])
+                )
+    assert len(segments) > 4 * 12  # packing really packed
+    assert segments == stream[: len(segments)]
+
+
+def test_task_frequencies_match_rates_heterogeneous():
+    rates = np.array([0.55, 0.3, 0.15])
+    it = _iterator(seed=11, rates=rates, batch_size=64)
+    counts = np.bincount(np.concatenate([b[F.TASK_ID] for b in _take(it, 100)]), minlength=3)
+    n = counts.sum()
+    # Pearson chi-square goodness of fit, df = 2: reject at significance 1e-4.
+    chi2 = ((counts - n * rates) ** 2 / (n * rates)).sum()
+    assert chi2 < scipy.stats.chi2.ppf(1 - SIGNIFICANCE, df=2), (counts, n * rates)
+    # Per task, a two-sided binomial bound at the same level, with Bonferroni over the tasks.
+    z = scipy.stats.norm.ppf(1 - SIGNIFICANCE / (2 * len(rates)))
+    for c, p in zip(counts, rates, strict=True):
+        assert abs(c - n * p) <= z * np.sqrt(n * p * (1 - p)), (c, n * p)
+
+
+def test_task_frequencies_match_rates_homogeneous():
+    rates = np.array([0.5, 0.3, 0.2])
+    it = _iterator(seed=12, rates=rates, batch_size=2, batch_mode="homogeneous")
+    tasks = []
+    for b in _take(it, 600):
+        ids = np.unique(b[F.TASK_ID])
+        assert len(ids) == 1, "a homogeneous batch holds one task"
+        tasks.append(int(ids[0]))
+    counts = np.bincount(tasks, minlength=3)
+    chi2 = ((counts - 600 * rates) ** 2 / (600 * rates)).sum()
+    assert chi2 < scipy.stats.chi2.ppf(1 - SIGNIFICANCE, df=2), counts
+
+
+def test_homogeneous_packed_batches_hold_one_task_and_hosts_agree():
+    hosts = [
+        _iterator(seed=4, batch_mode="homogeneous", pack=True, shard=seqio.ShardInfo(i, 2))
+        for i in range(2)
+    ]
+    for _ in range(20):
+        per_host = []
+        for it in hosts:
+            b = next(it)
+            real = b[F.DECODER_SEGMENT_IDS] > 0
+            ids = np.unique(b[F.DECODER_TASK_IDS][real])
+            assert len(ids) == 1
+            per_host.append(int(ids[0]))
+        assert per_host[0] == per_host[1], "every process must pick the same task for batch k"
+
+
+def test_deterministic_per_seed_and_seeds_differ():
+    _assert_same_batches(_take(_iterator(seed=21), 5), _take(_iterator(seed=21), 5))
+    a, b = _take(_iterator(seed=21), 5), _take(_iterator(seed=22), 5)
+    assert any(not np.array_equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
+
+
+def test_process_shards_are_disjoint_and_complete():
+    seen = []
+    for i in range(2):
+        it = _iterator(
+            split="validation", shard=seqio.ShardInfo(i, 2), passthrough=("idx",),
+            rates=(1.0, 0.0, 0.0), batch_size=32, shuffle=False,
+        )  # fmt: skip
+        batches = list(it)  # no repeat outside "train": ends after one pass
+        idx = np.concatenate([b["idx"] for b in batches])
+        real = np.concatenate([b[F.DECODER_LOSS_WEIGHTS].sum(1) > 0 for b in batches])
+        assert (idx[~real] == -1).all(), "rows after the last example are padding"
+        seen.append(set(idx[real].tolist()))
+        assert len(seen[-1]) == real.sum(), "no example twice"
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(range(10_000, 10_000 + T2T_TASKS["test_it_a"][1]))
+
+
+def test_heterogeneous_hosts_draw_different_mixes():
+    a = next(_iterator(seed=2, shard=seqio.ShardInfo(0, 2), batch_size=32))[F.TASK_ID]
+    b = next(_iterator(seed=2, shard=seqio.ShardInfo(1, 2), batch_size=32))[F.TASK_ID]
+    assert not np.array_equal(a, b)
+
+
+def test_state_of_another_configuration_is_refused():
+    state = _iterator(seed=1).get_state()
+    with pytest.raises(ValueError, match="seed: saved 1, now 2"):
+        _iterator(seed=2).set_state(state)
+    with pytest.raises(ValueError, match="batch_size"):
+        _iterator(seed=1, batch_size=4).set_state(state)
+    with pytest.raises(ValueError, match="converter"):
+        _iterator(seed=1, pack=True).set_state(state)
+
+
+def test_mixture_iterator_uses_the_mixture_rates():
+    it = mixture_iterator("test_it_mix", "train", LENGTHS, 64, EncDecConverter(HEADS), seed=0)
+    assert it.tasks == ["test_it_a", "test_it_b"]
+    np.testing.assert_allclose(it.rates, [2 / 3, 1 / 3])
+    assert set(np.unique(next(it)[F.TASK_ID])) <= {0, 1}
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="3 tasks but 2 rates"):
+        _iterator(rates=(0.5, 0.5))
+    with pytest.raises(ValueError, match="batch_mode"):
+        _iterator(batch_mode="mixed")
+    with pytest.raises(KeyError, match="no split 'test'"):
+        next(_iterator(split="test"))
+    with pytest.raises(TypeError, match="Mixture"):
+        next(
+            BatchIterator(
+                ["test_it_mix"], [1.0], "train", LENGTHS, 2, EncDecConverter(HEADS), seed=0
+            )
+        )
