@@ -1,0 +1,81 @@
+"""What one training or evaluation run is: a plain dataclass that gin fills at the CLI edge.
+
+Bindings look like ``TrainConfig.model_dir = '/tmp/run'`` or, on the command line,
+``--gin_param=TrainConfig.model_dir=/tmp/run`` (bare strings are quoted for you).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+FAMILIES = ("t5", "xlmr")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Arguments of ``mtl_jax.training.optimizers.make_optimizer`` (see there)."""
+
+    name: str = "adafactor"  # adafactor | adamw
+    learning_rate: float = 1e-3
+    schedule: str = "constant"  # constant | linear | rsqrt
+    warmup_steps: int = 0
+    end_learning_rate: float = 0.0
+    weight_decay: float = 0.0
+    clip_grad_norm: float | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One run. ``model_config`` is a ``T5Config`` or ``XLMRConfig`` (bound in gin_configs/models)."""
+
+    model_dir: str = ""
+    family: str = "t5"
+    model_config: Any = None
+    # A Hugging Face checkpoint directory to start from (weights and vocabulary). None = train
+    # from scratch with the vocabulary below (demo).
+    pretrained: str | None = None
+    vocabulary: str | None = None  # spm file or HF directory; None = pretrained dir, else the demo one
+    mixture: str = "demo_t2t"
+    sequence_length: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"inputs": 128, "targets": 8}
+    )
+    batch_size: int = 32  # global effective batch (examples or packed rows) per update
+    micro_batches: int = 1
+    pack: bool = False
+    batch_mode: str = "heterogeneous"
+    num_steps: int = 1000
+    eval_every: int = 200
+    checkpoint_every: int | None = None
+    keep_last: int = 2
+    keep_best: int = 1
+    patience: int | None = None
+    eval_split: str = "validation"
+    eval_mode: str = "rank"  # rank | greedy (t5 only)
+    eval_batch_size: int = 64
+    max_eval_examples: int | None = None  # per (task, language); None = all
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    z_loss: float = 0.0
+    loss_normalization: Any = "tokens"
+    mesh_data: int = -1
+    mesh_fsdp: int = 1
+    mesh_tensor: int = 1
+    rules: str = "t5x"
+    seed: int = 0
+    dropout: bool = True
+    async_checkpoints: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"TrainConfig.family must be one of {FAMILIES}, got {self.family!r}")
+        if self.eval_mode not in ("rank", "greedy"):
+            raise ValueError(f"TrainConfig.eval_mode must be 'rank' or 'greedy', got {self.eval_mode!r}")
+        if self.eval_mode == "greedy" and self.family != "t5":
+            raise ValueError("TrainConfig.eval_mode='greedy' needs family='t5'")
+        if self.batch_size % self.micro_batches:
+            raise ValueError(
+                f"TrainConfig.batch_size={self.batch_size} is not divisible by "
+                f"TrainConfig.micro_batches={self.micro_batches}"
+            )
