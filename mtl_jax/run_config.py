@@ -13,20 +13,6 @@ FAMILIES = ("t5", "xlmr")
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """Arguments of ``mtl_jax.training.optimizers.make_optimizer`` (see there)."""
-
-    name: str = "adafactor"  # adafactor | adamw
-    learning_rate: float = 1e-3
-    schedule: str = "constant"  # constant | linear | rsqrt
-    warmup_steps: int = 0
-    end_learning_rate: float = 0.0
-    weight_decay: float = 0.0
-    clip_grad_norm: float | None = None
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One run. ``model_config`` is a ``T5Config`` or ``XLMRConfig`` (bound in gin_configs/models)."""
 
@@ -36,6 +22,7 @@ class TrainConfig:
     # A Hugging Face checkpoint directory to start from (weights and vocabulary). None = train
     # from scratch with the vocabulary below (demo).
     pretrained: str | None = None
+    require_pretrained: bool = False  # recipes that make no sense from scratch set this
     vocabulary: str | None = None  # spm file or HF directory; None = pretrained dir, else the demo one
     mixture: str = "demo_t2t"
     sequence_length: dict[str, int] = dataclasses.field(
@@ -55,7 +42,11 @@ class TrainConfig:
     eval_mode: str = "rank"  # rank | greedy (t5 only)
     eval_batch_size: int = 64
     max_eval_examples: int | None = None  # per (task, language); None = all
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    # Keyword arguments of training.optimizers.make_optimizer (total_steps comes from num_steps);
+    # "freeze": [regex, ...] freezes matching parameter paths (no update, no optimizer state).
+    optimizer: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"name": "adafactor", "learning_rate": 1e-3}
+    )
     z_loss: float = 0.0
     loss_normalization: Any = "tokens"
     mesh_data: int = -1

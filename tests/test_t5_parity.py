@@ -146,7 +146,31 @@ def assert_close(ours, ref, rtol: float, atol: float, what: str) -> float:
     return diff
 
 
-@nnx.jit
+# XLA's CPU backend spends most of these tests compiling; skipping LLVM's expensive passes halves
+# that and changes no HLO-level numerics (the bounds above hold either way).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def fast_jit(fn):
+    """``jax.jit`` of ``fn(model, *args)`` over the model's (graphdef, state), cheap to compile."""
+
+    @functools.partial(jax.jit, static_argnums=0, compiler_options=FAST_COMPILE)
+    def run(graphdef, state, *args):
+        return fn(nnx.merge(graphdef, state), *args)
+
+    def call(model, *args):
+        graphdef, state = nnx.split(model)
+        return run(graphdef, state, *args)
+
+    return call
+
+
+@fast_jit
+def forward(model, enc, dec_in):
+    return model(enc, dec_in)
+
+
+@fast_jit
 def loss_logits_grads(model, enc, dec_in, targets, weights):
     def loss_fn(m):
         logits = m(enc, dec_in)
@@ -176,11 +200,6 @@ def test_relative_position_buckets_match_hf(buckets, max_distance):
             jnp.asarray(rel), bidirectional=bidirectional, num_buckets=buckets, max_distance=max_distance
         )
         np.testing.assert_array_equal(np.asarray(ours), ref)
-
-
-@nnx.jit
-def forward(model, enc, dec_in):
-    return model(enc, dec_in)
 
 
 @functools.lru_cache(maxsize=None)
@@ -308,7 +327,7 @@ def test_packed_segments_equal_running_each_alone(name):
         for k, x in zip(packed, (e, es, ep, d, ds, dp), strict=True):
             packed[k].append(x)
     p = {k: jnp.asarray(np.stack(x)) for k, x in packed.items()}
-    logits = nnx.jit(
+    logits = fast_jit(
         lambda m, p: m(p["enc"], p["dec_in"], encoder_segment_ids=p["enc_seg"],
                        decoder_segment_ids=p["dec_seg"], encoder_positions=p["enc_pos"],
                        decoder_positions=p["dec_pos"])
@@ -352,19 +371,16 @@ def test_dropout_keys_come_from_call_time_rngs():
     batch = random_batch(hf.config.vocab_size)
     enc, dec = jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"])
 
-    @nnx.jit
+    @fast_jit
     def train_logits(m, key):
         return m(enc, dec, deterministic=False, rngs=nnx.Rngs(dropout=key))
 
     a, b, c = (train_logits(model, jax.random.key(i)) for i in (1, 1, 2))
+    assert a.shape == (*dec.shape, hf.config.vocab_size)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not np.allclose(np.asarray(a), np.asarray(c))
     with pytest.raises(ValueError, match="no rngs"):
         model(enc, dec, deterministic=False)
-    # Deterministic mode ignores the rate: equals the HF model (dropout off in eval mode).
-    with torch.no_grad():
-        ref = hf_forward(hf, batch).logits.numpy()
-    assert_close(forward(model, enc, dec), ref, LOGIT_RTOL, LOGIT_ATOL, "deterministic")
 
 
 def test_logical_axes_and_sharded_creation():
@@ -372,7 +388,7 @@ def test_logical_axes_and_sharded_creation():
     and a sharded forward equals the one-device forward."""
     from mtl_jax.training.partitioning import T5X_RULES, make_mesh
 
-    hf, _ = hf_and_ours("mt5_b")
+    hf, _ = hf_and_ours("mt5_c")  # vocab 64, 6 heads, d_ff 24: divisible by the tensor axis (2)
     config = T5Config.from_hf(hf.config.to_dict())
     allowed = {"vocab", "embed", "mlp", "heads", "kv", "relpos_buckets"}
     abstract = nnx.eval_shape(lambda: T5Model(config, rngs=nnx.Rngs(0)))
@@ -384,7 +400,7 @@ def test_logical_axes_and_sharded_creation():
     enc, dec = jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"])
     with torch.no_grad():
         reference = hf_forward(hf, batch).logits.numpy()
-    mesh = make_mesh(data=2, fsdp=1, tensor=4)
+    mesh = make_mesh(data=4, fsdp=1, tensor=2)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(T5X_RULES):
         fresh = T5Model(config, rngs=nnx.Rngs(0))
         assert fresh.encoder.layers[0].attention.query.kernel[...].sharding.spec == jax.P(None, "tensor", None)

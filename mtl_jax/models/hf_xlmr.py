@@ -379,7 +379,8 @@ def verify_against_transformers(
     ids, mask = random_padded_inputs(model.config, batch, length, seed)
     with torch.no_grad():
         ref = reference(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
-    ours = model(jnp.asarray(ids), jnp.asarray(mask), jnp.full((batch,), task, jnp.int32) if model.heads else None)
+    task_id = jnp.full((batch,), task, jnp.int32) if model.heads is not None else None
+    ours = nnx.jit(lambda m, i, a, t: m(i, a, t))(model, jnp.asarray(ids), jnp.asarray(mask), task_id)
     if is_classifier:
         n = model.config.task_num_labels[task]
         got, want = np.asarray(ours["logits"])[:, :n], ref.logits.numpy()

@@ -1,0 +1,460 @@
+"""Assemble a run from a ``TrainConfig``: vocabulary, tasks, model, mesh, state, data, evaluator.
+
+This is the one place where the data layer (seqio Tasks and Mixtures) meets the model and trainer
+layers; the CLIs ``train`` and ``evaluate`` are thin wrappers around it. Both model families go
+through the same path and differ only in the small ``_Family`` tables below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mtl_jax import features as F
+from mtl_jax.data import eval_sets, mixtures, tasks
+from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
+from mtl_jax.data.iterator import mixture_iterator
+from mtl_jax.evaluation import tables
+from mtl_jax.evaluation.plots import eval_record
+from mtl_jax.models import hf_io
+from mtl_jax.models.t5 import T5Config, T5Model
+from mtl_jax.models.t5_decoding import greedy_decode, rank_classification
+from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
+from mtl_jax.run_config import TrainConfig
+from mtl_jax.training import optimizers
+from mtl_jax.training import partitioning as part
+from mtl_jax.training.loop import EvalOutcome
+from mtl_jax.training.objectives import ClassificationObjective, EncoderDecoderObjective
+from mtl_jax.training.step import make_eval_step, make_train_step, to_host
+from mtl_jax.training.train_state import (
+    TrainState,
+    create_train_state,
+    split_model,
+    state_from_params,
+    train_state_shardings,
+)
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = "candidates"
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; the message names the gin binding to change."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Tasks and vocabulary
+# ------------------------------------------------------------------------------------------------
+
+
+def task_format(family: str) -> str:
+    return "t2t" if family == "t5" else "cls"
+
+
+def configure_vocabulary(cfg: TrainConfig) -> Any:
+    """Point the tasks of this family at the run's vocabulary and return it."""
+    fmt = task_format(cfg.family)
+    path = cfg.vocabulary or cfg.pretrained
+    if path is not None:
+        if not Path(path).exists():
+            raise ConfigError(
+                f"vocabulary path {path} does not exist (TrainConfig.vocabulary / TrainConfig.pretrained)"
+            )
+        tasks.set_vocabulary(fmt, path)
+    return tasks.get_vocabulary(fmt)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskLayout:
+    """Which tasks a run trains on and evaluates, and the head (task id) of each."""
+
+    train_tasks: tuple[str, ...]
+    eval_tasks: tuple[str, ...]
+    heads: tuple[str, ...]
+    head_labels: tuple[int, ...]  # label count per head (0 for span corruption)
+
+
+def task_layout(cfg: TrainConfig) -> TaskLayout:
+    try:
+        info = mixtures.mixture_info(cfg.mixture)
+    except (KeyError, ValueError) as e:
+        known = ", ".join(mixtures.mixture_names())
+        raise ConfigError(f"TrainConfig.mixture={cfg.mixture!r}: {e}. Known mixtures: {known}") from e
+    fmt = task_format(cfg.family)
+    wrong = [t for t in info.tasks if tasks.task_info(t).format != fmt]
+    if wrong:
+        raise ConfigError(
+            f"TrainConfig.mixture={cfg.mixture!r} has {tasks.task_info(wrong[0]).format} tasks "
+            f"({wrong[0]}, ...) but TrainConfig.family={cfg.family!r} needs {fmt} tasks"
+        )
+    heads: list[str] = []
+    labels: list[int] = []
+    for name in (*info.tasks, *info.evaluation_tasks):
+        t = tasks.task_info(name)
+        if t.head not in heads:
+            heads.append(t.head)
+            labels.append(t.num_classes if t.kind == "classification" else 0)
+    return TaskLayout(tuple(info.tasks), tuple(info.evaluation_tasks), tuple(heads), tuple(labels))
+
+
+# ------------------------------------------------------------------------------------------------
+# Model families
+# ------------------------------------------------------------------------------------------------
+
+
+def model_config(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
+    """The architecture: from the pretrained checkpoint when there is one, else the gin config."""
+    base = cfg.model_config
+    if cfg.family == "t5":
+        base = base if base is not None else T5Config()
+        if cfg.pretrained:
+            hf = T5Config.from_hf(hf_io.read_config(cfg.pretrained))
+            return dataclasses.replace(hf, dtype=base.dtype, attention_impl=base.attention_impl,
+                                       dropout_rate=base.dropout_rate)
+        if not isinstance(base, T5Config):
+            raise ConfigError("TrainConfig.model_config must be a T5Config for family='t5'")
+        return _fit_vocab(base, vocab_size)
+    base = base if base is not None else XLMRConfig()
+    if not isinstance(base, XLMRConfig):
+        raise ConfigError("TrainConfig.model_config must be an XLMRConfig for family='xlmr'")
+    if cfg.pretrained:
+        hf = XLMRConfig.from_hf(hf_io.read_config(cfg.pretrained))
+        base = dataclasses.replace(hf, dtype=base.dtype, attention_impl=base.attention_impl)
+    else:
+        base = _fit_vocab(base, vocab_size)
+    return dataclasses.replace(base, task_num_labels=tuple(max(n, 1) for n in layout.head_labels))
+
+
+def _fit_vocab(config: Any, vocab_size: int) -> Any:
+    if config.vocab_size != vocab_size:
+        log.info("model vocab_size %d -> %d (the run's vocabulary)", config.vocab_size, vocab_size)
+        config = dataclasses.replace(config, vocab_size=vocab_size)
+    return config
+
+
+def model_factory(family: str, config: Any, seed: int) -> Callable[[], nnx.Module]:
+    cls = T5Model if family == "t5" else XLMRMultiTask
+    return lambda: cls(config, rngs=nnx.Rngs(seed))
+
+
+def pretrained_model(family: str, config: Any, directory: str) -> nnx.Module:
+    """The HF checkpoint's weights in our module (host memory), heads freshly initialised."""
+    state = hf_io.read_state_dict(directory)
+    if family == "t5":
+        from mtl_jax.models.hf_t5 import model_from_hf_state
+
+        return model_from_hf_state(state, config)
+    from mtl_jax.models.hf_xlmr import load_encoder_state
+
+    model = XLMRMultiTask(config, rngs=nnx.Rngs(0))
+    load_encoder_state(model, state, directory)
+    return model
+
+
+def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Sequence[str] = ()):
+    if cfg.family == "t5":
+        return EncDecConverter(layout.heads, pack=cfg.pack and not passthrough,
+                               passthrough=tuple(passthrough))
+    return ClassificationConverter(
+        layout.heads, bos_id=0, pad_id=vocab.pad_id, eos_id=vocab.eos_id,
+        passthrough=tuple(passthrough),
+    )
+
+
+def objective(cfg: TrainConfig, layout: TaskLayout) -> Any:
+    if cfg.family == "t5":
+        return EncoderDecoderObjective(
+            num_tasks=len(layout.heads), normalization=cfg.loss_normalization, z_loss=cfg.z_loss
+        )
+    return ClassificationObjective(
+        num_tasks=len(layout.heads), num_labels=tuple(max(n, 1) for n in layout.head_labels)
+    )
+
+
+def count_tokens(batch: dict[str, np.ndarray]) -> int:
+    """Real (non-padding) tokens of a batch, what tokens/s counts."""
+    if F.ENCODER_INPUT_TOKENS in batch:
+        return int(np.count_nonzero(batch[F.ENCODER_INPUT_TOKENS])
+                   + np.count_nonzero(batch[F.DECODER_LOSS_WEIGHTS]))
+    return int(np.count_nonzero(batch[F.ATTENTION_MASK]))
+
+
+def make_optimizer(cfg: TrainConfig, optimizer_args: dict[str, Any]) -> optimizers.Optimizer:
+    """``TrainConfig``'s optimizer dict -> ``optimizers.make_optimizer`` (``freeze``: regexes)."""
+    args = dict(optimizer_args)
+    freeze = args.pop("freeze", None)
+    if freeze:
+        args["partition_fn"] = optimizers.freeze_matching(*freeze)
+    try:
+        return optimizers.make_optimizer(total_steps=cfg.num_steps, **args)
+    except TypeError as e:
+        raise ConfigError(f"TrainConfig.optimizer={optimizer_args!r}: {e}") from e
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Experiment:
+    cfg: TrainConfig
+    layout: TaskLayout
+    vocab: Any
+    config: Any  # T5Config | XLMRConfig
+    mesh: Any
+    rules: Any
+    optimizer: optimizers.Optimizer
+    graphdef: Any
+    abstract_state: TrainState
+    shardings: TrainState
+    batch_sharding: Any
+
+    def model_record(self) -> dict[str, Any]:
+        """The model's identity stored with each checkpoint (compatibility check on restore)."""
+        fields = dataclasses.asdict(self.config)
+        for k in ("dtype", "attention_impl", "dropout_rate", "hidden_dropout_prob",
+                  "attention_probs_dropout_prob", "attention_dropout_rate", "classifier_dropout"):
+            fields.pop(k, None)
+        return {"family": self.cfg.family, "heads": list(self.layout.heads), **_jsonable(fields)}
+
+    def initial_state(self) -> TrainState:
+        """Fresh parameters (from scratch or from the pretrained checkpoint), placed on the mesh."""
+        if self.cfg.pretrained:
+            model = pretrained_model(self.cfg.family, self.config, self.cfg.pretrained)
+            _, params, rest = split_model(model)
+            params = part.host_to_global(params, self.shardings.params)
+            rest = part.host_to_global(rest, self.shardings.rest)
+            return state_from_params(self.graphdef, params, rest, self.optimizer, self.shardings,
+                                     seed=self.cfg.seed)
+        _, state, _ = create_train_state(
+            model_factory(self.cfg.family, self.config, self.cfg.seed), self.optimizer,
+            self.mesh, self.rules, seed=self.cfg.seed,
+        )
+        return state
+
+    def train_step(self) -> Any:
+        return make_train_step(
+            self.graphdef, objective(self.cfg, self.layout), self.optimizer, self.mesh,
+            self.shardings, self.batch_sharding, self.cfg.micro_batches, rules=self.rules,
+            deterministic=not self.cfg.dropout,
+        )
+
+    def train_batches(self) -> Any:
+        local = self.cfg.batch_size // jax.process_count()
+        shard = eval_sets.process_shard(jax.process_index(), jax.process_count())
+        return mixture_iterator(
+            self.cfg.mixture, "train", self.cfg.sequence_length, local,
+            converter(self.cfg, self.layout, self.vocab), self.cfg.seed, shard_info=shard,
+            batch_mode=self.cfg.batch_mode,
+        )
+
+    def to_global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return part.global_batch(local, self.mesh, self.batch_sharding)
+
+    def evaluator(self, split: str | None = None) -> Callable[[TrainState, int], EvalOutcome]:
+        return Evaluator(self, split or self.cfg.eval_split)
+
+
+def build(cfg: TrainConfig) -> Experiment:
+    """Everything but parameters: shapes, shardings and the compiled-step ingredients."""
+    if not cfg.model_dir:
+        raise ConfigError("TrainConfig.model_dir is not set (e.g. --gin_param=TrainConfig.model_dir=/tmp/run)")
+    if cfg.require_pretrained and not cfg.pretrained:
+        kind = "mT5" if cfg.family == "t5" else "XLM-R"
+        demo = "demo_mt5.gin" if cfg.family == "t5" else "demo_xlmr.gin"
+        raise ConfigError(
+            f"this recipe fine-tunes a pretrained {kind}: set "
+            f"--gin_param=TrainConfig.pretrained=/path/to/checkpoint (a Hugging Face directory with "
+            f"config.json and model.safetensors, plus the sentencepiece model). To try the framework "
+            f"without one, run the demo: python -m mtl_jax.train --gin_file={demo}"
+        )
+    if cfg.pretrained is not None and not Path(cfg.pretrained).is_dir():
+        raise ConfigError(
+            f"TrainConfig.pretrained={cfg.pretrained!r} is not a directory: it must be a Hugging "
+            "Face checkpoint directory (config.json + model.safetensors)"
+        )
+    vocab = configure_vocabulary(cfg)
+    layout = task_layout(cfg)
+    config = model_config(cfg, layout, vocab.vocab_size)
+    mesh = part.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
+    rules = part.rules_by_name(cfg.rules)
+    part.check_batch_size(cfg.batch_size, mesh, rules, cfg.micro_batches)
+    optimizer = make_optimizer(cfg, cfg.optimizer)
+    graphdef, abstract, shardings = train_state_shardings(
+        model_factory(cfg.family, config, cfg.seed), optimizer, mesh, rules
+    )
+    return Experiment(cfg, layout, vocab, config, mesh, rules, optimizer, graphdef, abstract,
+                      shardings, part.batch_sharding(mesh, rules))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+class Evaluator:
+    """Evaluates every (task, language) of the run's evaluation tasks; compiles once per shape."""
+
+    def __init__(self, exp: Experiment, split: str) -> None:
+        self.exp = exp
+        self.split = split
+        cfg = exp.cfg
+        self.batch_size = max(cfg.eval_batch_size, 1)
+        dp = part.data_parallel_size(exp.mesh, exp.rules)
+        self.batch_size += (-self.batch_size) % dp
+        self._examples: dict[str, list[dict[str, Any]]] = {}
+        self._steps: dict[str, Any] = {}
+        self.infos = [tasks.task_info(t) for t in exp.layout.eval_tasks
+                      if split in tasks.task_info(t).splits]
+        max_labels = max((i.num_classes for i in self.infos), default=1)
+        self.cand_len = cfg.sequence_length.get("targets", 8)
+        self.candidates = {
+            i.name: _pad_candidates(eval_sets.label_candidates(i, self.cand_len), max_labels)
+            for i in self.infos
+        } if cfg.family == "t5" else {}
+
+    # The predict functions: batch -> per-example scores/predictions, traced once per shape.
+    def _predict_fn(self) -> Callable[[nnx.Module, dict[str, jax.Array]], dict[str, jax.Array]]:
+        family, mode = self.exp.cfg.family, self.exp.cfg.eval_mode
+        echo = (F.LABELS, "label", "query_id", eval_sets.VALID)
+
+        def finish(out: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            for key in echo:
+                if key in batch:
+                    out[key] = batch[key]
+            return out
+
+        if family == "t5" and mode == "rank":
+            def predict(model, batch):
+                cands = batch[CANDIDATES]
+                _, scores = rank_classification(model, batch[F.ENCODER_INPUT_TOKENS], cands)
+                scores = jnp.where(cands[..., 0] > 0, scores, -jnp.inf)
+                return finish({"scores": scores, "predictions": jnp.argmax(scores, -1)}, batch)
+        elif family == "t5":
+            length = self.cand_len
+
+            def predict(model, batch):
+                tokens = greedy_decode(model, batch[F.ENCODER_INPUT_TOKENS], length)
+                return finish({"tokens": tokens}, batch)
+        else:
+            objective_ = objective(self.exp.cfg, self.exp.layout)
+
+            def predict(model, batch):
+                out = objective_.predict(model, batch)
+                return finish({"scores": out["logits"], "predictions": out["predictions"]}, batch)
+        return predict
+
+    def _step(self) -> Any:
+        if "step" not in self._steps:
+            self._steps["step"] = make_eval_step(
+                self.exp.graphdef, self._predict_fn(), self.exp.mesh, self.exp.shardings,
+                self.exp.batch_sharding, rules=self.exp.rules,
+            )
+        return self._steps["step"]
+
+    def examples(self, task: str) -> list[dict[str, Any]]:
+        if task not in self._examples:
+            self._examples[task] = eval_sets.load_examples(
+                task, self.split, self.exp.cfg.sequence_length, self.exp.cfg.max_eval_examples
+            )
+        return self._examples[task]
+
+    def predict_task(self, state: TrainState, info: Any) -> dict[str, np.ndarray]:
+        """Labels, predictions, ranking scores and query ids of one task, all on the host."""
+        passthrough = ["label"] if self.exp.cfg.family == "t5" else []
+        if "wpr" == info.head:
+            passthrough.append("query_id")
+        conv = converter(self.exp.cfg, self.exp.layout, self.exp.vocab, passthrough)
+        outs: list[dict[str, np.ndarray]] = []
+        for local in eval_sets.eval_batches(
+            self.examples(info.name), conv, self.exp.cfg.sequence_length, self.batch_size,
+            jax.process_index(), jax.process_count(),
+        ):
+            if self.exp.cfg.family == "t5":
+                local[CANDIDATES] = np.broadcast_to(
+                    self.candidates[info.name], (len(local[eval_sets.VALID]),
+                                                 *self.candidates[info.name].shape)).copy()
+                local = {k: v for k, v in local.items() if k not in (F.DECODER_INPUT_TOKENS,)}
+            outs.append(to_host(self._step()(state, self.exp.to_global(local))))
+        merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        keep = merged[eval_sets.VALID] > 0
+        merged = {k: v[keep] for k, v in merged.items()}
+        labels = merged["label"] if "label" in merged else merged[F.LABELS]
+        if "tokens" in merged:
+            preds = np.array([info.label_id(self._decode(row)) for row in merged["tokens"]])
+            scores = None
+        else:
+            n = info.num_classes
+            scores = merged["scores"][:, :n].astype(np.float64)
+            preds = merged["predictions"]
+        ranking = None
+        if scores is not None:
+            probs = np.exp(scores - scores.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            ranking = probs @ np.arange(scores.shape[1], dtype=np.float64)  # expected grade
+        return {"labels": labels, "predictions": preds, "ranking": ranking,
+                "query_id": merged.get("query_id")}
+
+    def _decode(self, tokens: np.ndarray) -> str:
+        ids = [int(t) for t in tokens]
+        eos = self.exp.vocab.eos_id
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        return self.exp.vocab.decode([t for t in ids if t > 0])
+
+    def __call__(self, state: TrainState, step: int) -> EvalOutcome:
+        results: dict[tuple[str, str], dict[str, float]] = {}
+        primary: dict[str, str] = {}
+        records: list[dict[str, Any]] = []
+        for info in self.infos:
+            out = self.predict_task(state, info)
+            metrics = _task_metrics(info, out)
+            table_task = info.dataset
+            primary.setdefault(table_task, info.metrics[0])
+            results[(table_task, info.language)] = metrics
+            for name, value in metrics.items():
+                records.append(eval_record(step=step, task=table_task, language=info.language,
+                                           metric=name, value=value, split=self.split))
+        table = tables.build_report(results, primary)
+        return EvalOutcome(score=float(table.overall), records=records,
+                           summary=tables.format_text(table))
+
+    def primary_metrics(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for info in self.infos:
+            out.setdefault(info.dataset, info.metrics[0])
+        return out
+
+
+def _pad_candidates(cands: np.ndarray, num: int) -> np.ndarray:
+    out = np.zeros((num, cands.shape[1]), np.int32)
+    out[: cands.shape[0]] = cands
+    return out
+
+
+def _task_metrics(info: Any, out: dict[str, np.ndarray]) -> dict[str, float]:
+    labels, preds = out["labels"], out["predictions"]
+    if "ndcg" in info.metrics:
+        from mtl_jax.evaluation.metrics import compute_metrics
+
+        ranking = out["ranking"] if out["ranking"] is not None else preds.astype(np.float64)
+        return compute_metrics(info.metrics, labels, preds, scores=ranking, groups=out["query_id"])
+    return info.compute_metrics(labels, preds)

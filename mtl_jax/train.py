@@ -1,0 +1,130 @@
+"""``python -m mtl_jax.train --gin_file=F [--gin_file=G ...] [--gin_param=NAME=VALUE ...]``
+
+Trains one model on a mixture of tasks, evaluates every (task, language) validation split every
+``TrainConfig.eval_every`` steps, keeps the best and the last checkpoints, and ends with the
+task x language table (printed, and saved as results.{md,csv,json} plus curves.png in MODEL_DIR).
+A MODEL_DIR that already holds checkpoints is resumed. SIGTERM saves a checkpoint and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+log = logging.getLogger("mtl_jax.train")
+
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mtl_jax.train", description=__doc__.split("\n\n")[1])
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable); "
+                   "resolved from the working directory or the package's gin_configs/")
+    p.add_argument("--gin_param", action="append", default=[],
+                   help="binding NAME=VALUE (repeatable, later wins); bare strings need no quotes")
+    p.add_argument("--log_level", default="INFO")
+    args = p.parse_args(argv)
+    if not args.gin_file:
+        p.error("at least one --gin_file is required (e.g. --gin_file=demo_mt5.gin)")
+    return args
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("absl", "jax._src", "orbax", "tensorflow", "etils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    from mtl_jax import configurables, gin_config
+    from mtl_jax.experiment import ConfigError
+    from mtl_jax.training.checkpoints import IncompatibleCheckpointError
+
+    try:
+        gin_config.parse(args.gin_file, args.gin_param)
+        cfg = configurables.train_config()
+        return run(cfg)
+    except (gin_config.GinConfigError, ConfigError, IncompatibleCheckpointError, FileNotFoundError,
+            ValueError) as e:
+        if isinstance(e, ValueError) and not isinstance(
+            e, gin_config.GinConfigError | ConfigError | IncompatibleCheckpointError
+        ) and os.environ.get("MTL_JAX_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def run(cfg) -> int:
+    import gin
+    import jax
+
+    from mtl_jax import experiment
+    from mtl_jax.evaluation import plots, tables
+    from mtl_jax.training import partitioning as part
+    from mtl_jax.training.checkpoints import CheckpointStore, check_compatible
+    from mtl_jax.training.loop import LoopConfig, run_loop
+    from mtl_jax.training.run_log import RunLog, read_records
+
+    exp = experiment.build(cfg)
+    model_dir = Path(cfg.model_dir)
+    store_dir = model_dir / "checkpoints"
+    latest = None
+    if store_dir.is_dir():
+        probe = CheckpointStore(store_dir, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
+                                async_save=False)
+        latest = probe.latest_step()
+        if latest is not None:
+            check_compatible(probe.read_config(latest).get("model", {}), exp.model_record(),
+                             probe.step_path(latest))
+        probe.close()
+    # From here on MODEL_DIR is ours to write.
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        tables.write_atomic(model_dir / "config.gin", gin.config_str())
+        print(part.parameter_table(exp.abstract_state.params, exp.mesh, exp.rules), flush=True)
+    store = CheckpointStore(store_dir, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
+                            async_save=cfg.async_checkpoints)
+    state = exp.abstract_state if latest is not None else exp.initial_state()
+    run_log = RunLog(model_dir)
+    evaluator = exp.evaluator()
+    loop_cfg = LoopConfig(
+        num_steps=cfg.num_steps, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+        keep_last=cfg.keep_last, keep_best=cfg.keep_best, patience=cfg.patience,
+        async_checkpoints=cfg.async_checkpoints,
+    )
+    run_config = {"model": exp.model_record(), "gin": gin.config_str(), "mixture": cfg.mixture}
+    state, result = run_loop(
+        loop_cfg, state=state, state_shardings=exp.shardings, train_step=exp.train_step(),
+        batches=exp.train_batches(), to_global=exp.to_global, evaluate=evaluator, store=store,
+        run_log=run_log, run_config=run_config, count_tokens=experiment.count_tokens,
+        task_names=list(exp.layout.heads), show_progress=cfg.progress,
+    )
+    store.close()
+    run_log.close()
+    if result.preempted:
+        log.warning("preempted at step %d: checkpoint saved, exiting", result.last_step)
+        return 0
+    if jax.process_index() == 0:
+        records = list(read_records(model_dir))
+        primary = evaluator.primary_metrics()
+        if result.best_step is not None:
+            table = tables.build_report(plots.eval_results(records, step=result.best_step), primary)
+            tables.save_report(table, model_dir, "results")
+            print(f"\nValidation results at the best step {result.best_step} "
+                  f"(model-selection score {100 * result.best_score:.2f}):")
+            print(tables.format_text(table))
+        plots.plot_validation_curves(records, model_dir / "curves.png", primary_metrics=primary)
+        print(f"\nwrote {model_dir}/results.md, results.csv, results.json, curves.png, metrics.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
