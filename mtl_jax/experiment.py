@@ -36,6 +36,7 @@ from mtl_jax.training.objectives import ClassificationObjective, EncoderDecoderO
 from mtl_jax.training.step import make_eval_step, make_train_step, to_host
 from mtl_jax.training.train_state import (
     TrainState,
+    abstract_model,
     create_train_state,
     split_model,
     state_from_params,
@@ -227,6 +228,10 @@ class Experiment:
             fields.pop(k, None)
         return {"family": self.cfg.family, "heads": list(self.layout.heads), **_jsonable(fields)}
 
+    def parameter_table(self) -> str:
+        _, params, _ = abstract_model(model_factory(self.cfg.family, self.config, self.cfg.seed))
+        return part.parameter_table(params, self.mesh, self.rules)
+
     def initial_state(self) -> TrainState:
         """Fresh parameters (from scratch or from the pretrained checkpoint), placed on the mesh."""
         if self.cfg.pretrained:
@@ -318,17 +323,17 @@ class Evaluator:
         self.split = split
         cfg = exp.cfg
         self.batch_size = max(cfg.eval_batch_size, 1)
-        dp = part.data_parallel_size(exp.mesh, exp.rules)
-        self.batch_size += (-self.batch_size) % dp
+        self.dp = part.data_parallel_size(exp.mesh, exp.rules) * jax.process_count()
+        self.batch_size += (-self.batch_size) % self.dp
         self._examples: dict[str, list[dict[str, Any]]] = {}
         self._steps: dict[str, Any] = {}
         self.infos = [tasks.task_info(t) for t in exp.layout.eval_tasks
                       if split in tasks.task_info(t).splits]
-        max_labels = max((i.num_classes for i in self.infos), default=1)
         self.cand_len = cfg.sequence_length.get("targets", 8)
+        # Exact candidates per task (no padding to the largest label set or the target length):
+        # the decoder and LM head run over B x C x Lc tokens, so this is what evaluation costs.
         self.candidates = {
-            i.name: _pad_candidates(eval_sets.label_candidates(i, self.cand_len), max_labels)
-            for i in self.infos
+            i.name: _trim_columns(eval_sets.label_candidates(i, self.cand_len)) for i in self.infos
         } if cfg.family == "t5" else {}
 
     # The predict functions: batch -> per-example scores/predictions, traced once per shape.
@@ -384,8 +389,10 @@ class Evaluator:
             passthrough.append("query_id")
         conv = converter(self.exp.cfg, self.exp.layout, self.exp.vocab, passthrough)
         outs: list[dict[str, np.ndarray]] = []
+        examples = self.examples(info.name)
+        batch_size = min(self.batch_size, len(examples) + (-len(examples)) % self.dp)
         for local in eval_sets.eval_batches(
-            self.examples(info.name), conv, self.exp.cfg.sequence_length, self.batch_size,
+            examples, conv, self.exp.cfg.sequence_length, max(batch_size, self.dp),
             jax.process_index(), jax.process_count(),
         ):
             if self.exp.cfg.family == "t5":
@@ -444,10 +451,9 @@ class Evaluator:
         return out
 
 
-def _pad_candidates(cands: np.ndarray, num: int) -> np.ndarray:
-    out = np.zeros((num, cands.shape[1]), np.int32)
-    out[: cands.shape[0]] = cands
-    return out
+def _trim_columns(cands: np.ndarray) -> np.ndarray:
+    used = np.flatnonzero(cands.any(axis=0))
+    return cands[:, : used[-1] + 1]
 
 
 def _task_metrics(info: Any, out: dict[str, np.ndarray]) -> dict[str, float]:

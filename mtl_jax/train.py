@@ -68,7 +68,6 @@ def run(cfg) -> int:
 
     from mtl_jax import experiment
     from mtl_jax.evaluation import plots, tables
-    from mtl_jax.training import partitioning as part
     from mtl_jax.training.checkpoints import CheckpointStore, check_compatible
     from mtl_jax.training.loop import LoopConfig, run_loop
     from mtl_jax.training.run_log import RunLog, read_records
@@ -89,7 +88,7 @@ def run(cfg) -> int:
     model_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         tables.write_atomic(model_dir / "config.gin", gin.config_str())
-        print(part.parameter_table(exp.abstract_state.params, exp.mesh, exp.rules), flush=True)
+        print(exp.parameter_table(), flush=True)
     store = CheckpointStore(store_dir, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
                             async_save=cfg.async_checkpoints)
     state = exp.abstract_state if latest is not None else exp.initial_state()
@@ -116,7 +115,8 @@ def run(cfg) -> int:
         records = list(read_records(model_dir))
         primary = evaluator.primary_metrics()
         if result.best_step is not None:
-            table = tables.build_report(plots.eval_results(records, step=result.best_step), primary)
+            _, results = plots.eval_results(records, step=result.best_step)
+            table = tables.build_report(results, primary)
             tables.save_report(table, model_dir, "results")
             print(f"\nValidation results at the best step {result.best_step} "
                   f"(model-selection score {100 * result.best_score:.2f}):")

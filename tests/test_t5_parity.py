@@ -39,23 +39,77 @@ GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
 # Random small configs: depth (also decoder != encoder), heads, d_kv != d_model / heads, buckets,
 # max distance (below and above the sequence lengths used) and vocabulary all vary.
 MT5_CONFIGS: dict[str, dict[str, Any]] = {
-    "mt5_a": dict(vocab_size=97, d_model=24, d_kv=5, d_ff=40, num_layers=2, num_decoder_layers=3,
-                  num_heads=3, relative_attention_num_buckets=12, relative_attention_max_distance=20),
-    "mt5_b": dict(vocab_size=131, d_model=32, d_kv=16, d_ff=48, num_layers=3, num_decoder_layers=1,
-                  num_heads=4, relative_attention_num_buckets=32, relative_attention_max_distance=128),
-    "mt5_c": dict(vocab_size=64, d_model=16, d_kv=3, d_ff=24, num_layers=1, num_decoder_layers=2,
-                  num_heads=6, relative_attention_num_buckets=8, relative_attention_max_distance=9),
+    "mt5_a": dict(
+        vocab_size=97,
+        d_model=24,
+        d_kv=5,
+        d_ff=40,
+        num_layers=2,
+        num_decoder_layers=3,
+        num_heads=3,
+        relative_attention_num_buckets=12,
+        relative_attention_max_distance=20,
+    ),
+    "mt5_b": dict(
+        vocab_size=131,
+        d_model=32,
+        d_kv=16,
+        d_ff=48,
+        num_layers=3,
+        num_decoder_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+    ),
+    "mt5_c": dict(
+        vocab_size=64,
+        d_model=16,
+        d_kv=3,
+        d_ff=24,
+        num_layers=1,
+        num_decoder_layers=2,
+        num_heads=6,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=9,
+    ),
 }
 T5_CONFIGS: dict[str, dict[str, Any]] = {
-    "t5_relu_a": dict(vocab_size=80, d_model=20, d_kv=7, d_ff=36, num_layers=2, num_decoder_layers=2,
-                      num_heads=2, relative_attention_num_buckets=16, relative_attention_max_distance=30,
-                      feed_forward_proj="relu"),
-    "t5_gated_b": dict(vocab_size=113, d_model=28, d_kv=4, d_ff=44, num_layers=3, num_decoder_layers=2,
-                       num_heads=5, relative_attention_num_buckets=10, relative_attention_max_distance=12,
-                       feed_forward_proj="gated-gelu"),
-    "t5_relu_c": dict(vocab_size=50, d_model=12, d_kv=6, d_ff=20, num_layers=1, num_decoder_layers=3,
-                      num_heads=4, relative_attention_num_buckets=32, relative_attention_max_distance=64,
-                      feed_forward_proj="relu"),
+    "t5_relu_a": dict(
+        vocab_size=80,
+        d_model=20,
+        d_kv=7,
+        d_ff=36,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=30,
+        feed_forward_proj="relu",
+    ),
+    "t5_gated_b": dict(
+        vocab_size=113,
+        d_model=28,
+        d_kv=4,
+        d_ff=44,
+        num_layers=3,
+        num_decoder_layers=2,
+        num_heads=5,
+        relative_attention_num_buckets=10,
+        relative_attention_max_distance=12,
+        feed_forward_proj="gated-gelu",
+    ),
+    "t5_relu_c": dict(
+        vocab_size=50,
+        d_model=12,
+        d_kv=6,
+        d_ff=20,
+        num_layers=1,
+        num_decoder_layers=3,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=64,
+        feed_forward_proj="relu",
+    ),
 }
 ALL_CONFIGS = {**MT5_CONFIGS, **T5_CONFIGS}
 
@@ -116,13 +170,19 @@ def random_batch(vocab: int, seed: int = 0, batch: int = 3, enc_len: int = 13, d
     enc = rng.integers(2, vocab, (batch, enc_len))
     labels = rng.integers(2, vocab, (batch, dec_len))
     for b in range(1, batch):
-        enc[b, enc_len - 3 * b:] = 0
-        labels[b, dec_len - 2 * b:] = -100
+        enc[b, enc_len - 3 * b :] = 0
+        labels[b, dec_len - 2 * b :] = -100
     labels[:, -1] = np.where(labels[:, -1] == -100, -100, 1)  # some EOS tokens
     targets = np.where(labels == -100, 0, labels)
     dec_in = np.zeros_like(targets)
     dec_in[:, 1:] = targets[:, :-1]
-    return dict(enc=enc, labels=labels, targets=targets, dec_in=dec_in, weights=(labels != -100).astype(np.float32))
+    return dict(
+        enc=enc,
+        labels=labels,
+        targets=targets,
+        dec_in=dec_in,
+        weights=(labels != -100).astype(np.float32),
+    )
 
 
 def hf_forward(model, batch, with_grad: bool = False):
@@ -186,7 +246,10 @@ def loss_logits_grads(model, enc, dec_in, targets, weights):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("buckets,max_distance", [(32, 128), (12, 20), (8, 9), (16, 30), (10, 12), (64, 50), (128, 200), (20, 11)])
+@pytest.mark.parametrize(
+    "buckets,max_distance",
+    [(32, 128), (12, 20), (8, 9), (16, 30), (10, 12), (64, 50), (128, 200), (20, 11)],
+)
 def test_relative_position_buckets_match_hf(buckets, max_distance):
     """Our lookup-table buckets equal HF's float computation for every distance, both directions
     (including the exact-integer log boundaries where XLA's log would flip a bucket)."""
@@ -194,15 +257,21 @@ def test_relative_position_buckets_match_hf(buckets, max_distance):
     attn = transformers.models.t5.modeling_t5.T5Attention
     for bidirectional in (True, False):
         ref = attn._relative_position_bucket(
-            torch.tensor(rel), bidirectional=bidirectional, num_buckets=buckets, max_distance=max_distance
+            torch.tensor(rel),
+            bidirectional=bidirectional,
+            num_buckets=buckets,
+            max_distance=max_distance,
         ).numpy()
         ours = relative_position_bucket(
-            jnp.asarray(rel), bidirectional=bidirectional, num_buckets=buckets, max_distance=max_distance
+            jnp.asarray(rel),
+            bidirectional=bidirectional,
+            num_buckets=buckets,
+            max_distance=max_distance,
         )
         np.testing.assert_array_equal(np.asarray(ours), ref)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hf_and_ours(name: str):
     """One random HF model per config and our copy of it (cached: compiling is the slow part)."""
     hf = make_hf(name)
@@ -210,7 +279,9 @@ def hf_and_ours(name: str):
 
 
 def loss_from_logits(logits, batch) -> float:
-    ce, _ = token_cross_entropy(jnp.asarray(logits), jnp.asarray(batch["targets"]), jnp.asarray(batch["weights"]))
+    ce, _ = token_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(batch["targets"]), jnp.asarray(batch["weights"])
+    )
     return float(normalize(jnp.sum(ce), jnp.asarray(batch["weights"]), "tokens"))
 
 
@@ -225,8 +296,10 @@ def test_logits_and_loss_match_hf(name):
     logits = forward(model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
     diff = assert_close(logits, ref.logits.numpy(), LOGIT_RTOL, LOGIT_ATOL, f"{name} logits")
     loss = loss_from_logits(logits, batch)
-    print(f"{name}: max|logit diff| {diff:.2e}, max|logit| {ref.logits.abs().max().item():.2f}, "
-          f"loss {loss:.6f} vs {ref.loss.item():.6f}")
+    print(
+        f"{name}: max|logit diff| {diff:.2e}, max|logit| {ref.logits.abs().max().item():.2f}, "
+        f"loss {loss:.6f} vs {ref.loss.item():.6f}"
+    )
     assert abs(loss - ref.loss.item()) <= 1e-5 * abs(ref.loss.item())
 
 
@@ -245,7 +318,10 @@ def test_loss_gradients_match_hf(name):
     loss, logits, grads = loss_logits_grads(
         model, *(jnp.asarray(batch[k]) for k in ("enc", "dec_in", "targets", "weights"))
     )
-    assert abs(float(loss) - ref.loss.item()) <= 1e-5 * abs(ref.loss.item()), (float(loss), ref.loss.item())
+    assert abs(float(loss) - ref.loss.item()) <= 1e-5 * abs(ref.loss.item()), (
+        float(loss),
+        ref.loss.item(),
+    )
 
     entries = {e.hf: e for e in hf_t5.parameter_map(model.config)}
     hf_params = dict(hf.named_parameters())
@@ -263,8 +339,16 @@ def test_loss_gradients_match_hf(name):
     for hf_name in checked:
         e = entries[hf_name]
         ours_grad = hf_t5.to_hf(e.kind, np.asarray(flat_grads[e.ours]), model.config)
-        diff = assert_close(ours_grad, hf_params[hf_name].grad.numpy(), GRAD_RTOL, GRAD_ATOL, f"{name} grad {hf_name}")
-        print(f"{name} grad {hf_name}: max abs diff {diff:.2e}, max |grad| {hf_params[hf_name].grad.abs().max().item():.2e}")
+        diff = assert_close(
+            ours_grad,
+            hf_params[hf_name].grad.numpy(),
+            GRAD_RTOL,
+            GRAD_ATOL,
+            f"{name} grad {hf_name}",
+        )
+        print(
+            f"{name} grad {hf_name}: max abs diff {diff:.2e}, max |grad| {hf_params[hf_name].grad.abs().max().item():.2e}"
+        )
 
 
 def test_attention_paths_agree():
@@ -272,7 +356,10 @@ def test_attention_paths_agree():
     bias, padding and causal masks (including a fully masked row), in float32 and bfloat16."""
     rng = np.random.default_rng(0)
     b, t, s, n, h = 2, 5, 7, 3, 4
-    q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((b, t, n, h), (b, s, n, h), (b, s, n, h)))
+    q, k, v = (
+        jnp.asarray(rng.normal(size=shape), jnp.float32)
+        for shape in ((b, t, n, h), (b, s, n, h), (b, s, n, h))
+    )
     bias = jnp.asarray(rng.normal(size=(1, n, t, s)), jnp.float32)
     valid = np.ones((b, s), bool)
     valid[1, 4:] = False
@@ -283,7 +370,13 @@ def test_attention_paths_agree():
         auto = dot_product_attention(*args, bias=bias, mask=mask, scale=1.0, impl="auto")
         xla = dot_product_attention(*args, bias=bias, mask=mask, scale=1.0, impl="xla")
         assert auto.dtype == xla.dtype == dtype
-        assert_close(xla.astype(jnp.float32), auto.astype(jnp.float32), tol, tol, f"{dtype.__name__} attention")
+        assert_close(
+            xla.astype(jnp.float32),
+            auto.astype(jnp.float32),
+            tol,
+            tol,
+            f"{dtype.__name__} attention",
+        )
     # A model on the einsum path also matches HF (the other tests use "auto").
     hf = make_hf("mt5_c")
     batch = random_batch(hf.config.vocab_size, seed=1)
@@ -295,10 +388,18 @@ def test_attention_paths_agree():
 
 
 def _pack(segments: list[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    tokens, seg_ids, pos = np.zeros(length, np.int64), np.zeros(length, np.int64), np.zeros(length, np.int64)
+    tokens, seg_ids, pos = (
+        np.zeros(length, np.int64),
+        np.zeros(length, np.int64),
+        np.zeros(length, np.int64),
+    )
     at = 0
     for i, s in enumerate(segments):
-        tokens[at:at + len(s)], seg_ids[at:at + len(s)], pos[at:at + len(s)] = s, i + 1, np.arange(len(s))
+        tokens[at : at + len(s)], seg_ids[at : at + len(s)], pos[at : at + len(s)] = (
+            s,
+            i + 1,
+            np.arange(len(s)),
+        )
         at += len(s)
     return tokens, seg_ids, pos
 
@@ -328,16 +429,27 @@ def test_packed_segments_equal_running_each_alone(name):
             packed[k].append(x)
     p = {k: jnp.asarray(np.stack(x)) for k, x in packed.items()}
     logits = fast_jit(
-        lambda m, p: m(p["enc"], p["dec_in"], encoder_segment_ids=p["enc_seg"],
-                       decoder_segment_ids=p["dec_seg"], encoder_positions=p["enc_pos"],
-                       decoder_positions=p["dec_pos"])
+        lambda m, p: m(
+            p["enc"],
+            p["dec_in"],
+            encoder_segment_ids=p["enc_seg"],
+            decoder_segment_ids=p["dec_seg"],
+            encoder_positions=p["enc_pos"],
+            decoder_positions=p["dec_pos"],
+        )
     )(model, p)
     for r, segs in enumerate(singles):
         for s, (enc, tgt) in enumerate(segs):
             with torch.no_grad():
-                ref = hf(input_ids=torch.tensor(enc[None]), labels=torch.tensor(tgt[None])).logits[0].numpy()
+                ref = (
+                    hf(input_ids=torch.tensor(enc[None]), labels=torch.tensor(tgt[None]))
+                    .logits[0]
+                    .numpy()
+                )
             where = np.asarray(p["dec_seg"][r]) == s + 1
-            assert_close(np.asarray(logits[r])[where], ref, LOGIT_RTOL, LOGIT_ATOL, f"row {r} segment {s}")
+            assert_close(
+                np.asarray(logits[r])[where], ref, LOGIT_RTOL, LOGIT_ATOL, f"row {r} segment {s}"
+            )
 
 
 def test_bfloat16_compute_close_to_float32():
@@ -384,8 +496,9 @@ def test_dropout_keys_come_from_call_time_rngs():
 
 
 def test_logical_axes_and_sharded_creation():
-    """Every parameter carries logical names; inside a mesh + rules the model is created sharded
-    and a sharded forward equals the one-device forward."""
+    """Every parameter carries logical names; inside ``jax.set_mesh`` + logical rules the abstract
+    model carries the resolved shardings, loading places each parameter sharded, and the sharded
+    forward still equals HF."""
     from mtl_jax.training.partitioning import T5X_RULES, make_mesh
 
     hf, _ = hf_and_ours("mt5_c")  # vocab 64, 6 heads, d_ff 24: divisible by the tensor axis (2)
@@ -394,7 +507,10 @@ def test_logical_axes_and_sharded_creation():
     abstract = nnx.eval_shape(lambda: T5Model(config, rngs=nnx.Rngs(0)))
     for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
         names = var.get_metadata().get("out_sharding")
-        assert names and len(names) == len(var.get_value().shape) and set(names) <= allowed, (path, names)
+        assert names and len(names) == len(var.get_value().shape) and set(names) <= allowed, (
+            path,
+            names,
+        )
 
     batch = random_batch(hf.config.vocab_size, seed=4, batch=4)
     enc, dec = jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"])
@@ -402,11 +518,14 @@ def test_logical_axes_and_sharded_creation():
         reference = hf_forward(hf, batch).logits.numpy()
     mesh = make_mesh(data=4, fsdp=1, tensor=2)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(T5X_RULES):
-        fresh = T5Model(config, rngs=nnx.Rngs(0))
-        assert fresh.encoder.layers[0].attention.query.kernel[...].sharding.spec == jax.P(None, "tensor", None)
-        sharded = ours_from_hf(hf)
-        q = sharded.encoder.layers[0].attention.query.kernel[...]
+        placed = nnx.eval_shape(lambda: T5Model(config, rngs=nnx.Rngs(0)))
+        q = placed.encoder.layers[0].attention.query.kernel.get_value()
         assert q.sharding.spec == jax.P(None, "tensor", None)
+        sharded = ours_from_hf(hf)
+        assert sharded.encoder.layers[0].attention.query.kernel[...].sharding.spec == jax.P(
+            None, "tensor", None
+        )
         assert sharded.shared.embedding[...].sharding.spec == jax.P("tensor", None)
+        assert sharded.decoder.relpos.embedding[...].sharding.spec == jax.P(None, "tensor")
         out = forward(sharded, enc, dec)
     assert_close(out, reference, LOGIT_RTOL, LOGIT_ATOL, "sharded logits vs HF")

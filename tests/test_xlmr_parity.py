@@ -7,7 +7,6 @@ Bound held in float32: |ours - hf| <= 1e-5 * max|hf| + 1e-5 * |hf| elementwise (
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -326,8 +325,7 @@ def test_dropout_uses_call_time_keys():
     same1, same2 = train_logits(model, nnx.Rngs(dropout=1)), train_logits(model, nnx.Rngs(dropout=1))
     other = train_logits(model, nnx.Rngs(dropout=2))
     np.testing.assert_array_equal(same1, same2)  # keys come from the caller: reproducible
-    assert not np.allclose(same1, other)
-    assert not np.allclose(same1, forward(model, ids, mask, t)["logits"])
+    assert not np.allclose(same1, other)  # and they are used
     with pytest.raises(ValueError, match="rngs"):
         model(jnp.asarray(ids), jnp.asarray(mask), t, deterministic=False)
 

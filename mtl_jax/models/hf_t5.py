@@ -52,7 +52,10 @@ def parameter_map(config: T5Config) -> list[Entry]:
         ]
 
     def mlp(hf: str, ours: Path_) -> list[Entry]:
-        return [Entry(f"{hf}.DenseReluDense.{w}.weight", (*ours, "mlp", w, "kernel"), "linear") for w in ff]
+        return [
+            Entry(f"{hf}.DenseReluDense.{w}.weight", (*ours, "mlp", w, "kernel"), "linear")
+            for w in ff
+        ]
 
     for stack, n in (("encoder", config.num_layers), ("decoder", config.num_decoder_layers)):
         out.append(
@@ -66,17 +69,41 @@ def parameter_map(config: T5Config) -> list[Entry]:
             hf, ours = f"{stack}.block.{i}", (stack, "layers", i)
             if stack == "encoder":
                 out += attention(f"{hf}.layer.0.SelfAttention", (*ours, "attention"))
-                out.append(Entry(f"{hf}.layer.0.layer_norm.weight", (*ours, "attention_norm", "scale"), "copy"))
+                out.append(
+                    Entry(
+                        f"{hf}.layer.0.layer_norm.weight",
+                        (*ours, "attention_norm", "scale"),
+                        "copy",
+                    )
+                )
                 ff_layer = 1
             else:
                 out += attention(f"{hf}.layer.0.SelfAttention", (*ours, "self_attention"))
-                out.append(Entry(f"{hf}.layer.0.layer_norm.weight", (*ours, "self_attention_norm", "scale"), "copy"))
+                out.append(
+                    Entry(
+                        f"{hf}.layer.0.layer_norm.weight",
+                        (*ours, "self_attention_norm", "scale"),
+                        "copy",
+                    )
+                )
                 out += attention(f"{hf}.layer.1.EncDecAttention", (*ours, "cross_attention"))
-                out.append(Entry(f"{hf}.layer.1.layer_norm.weight", (*ours, "cross_attention_norm", "scale"), "copy"))
+                out.append(
+                    Entry(
+                        f"{hf}.layer.1.layer_norm.weight",
+                        (*ours, "cross_attention_norm", "scale"),
+                        "copy",
+                    )
+                )
                 ff_layer = 2
             out += mlp(f"{hf}.layer.{ff_layer}", ours)
-            out.append(Entry(f"{hf}.layer.{ff_layer}.layer_norm.weight", (*ours, "mlp_norm", "scale"), "copy"))
-        out.append(Entry(f"{stack}.final_layer_norm.weight", (stack, "final_norm", "scale"), "copy"))
+            out.append(
+                Entry(
+                    f"{hf}.layer.{ff_layer}.layer_norm.weight", (*ours, "mlp_norm", "scale"), "copy"
+                )
+            )
+        out.append(
+            Entry(f"{stack}.final_layer_norm.weight", (stack, "final_norm", "scale"), "copy")
+        )
     if not config.tie_word_embeddings:
         out.append(Entry("lm_head.weight", ("lm_head", "kernel"), "linear"))
     return out
@@ -115,7 +142,9 @@ def hf_shape(kind: Kind, ours_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (ours_shape[2], ours_shape[0] * ours_shape[1])
 
 
-def params_from_hf(state: dict[str, np.ndarray], config: T5Config, source: str = "<state dict>") -> dict[Path_, np.ndarray]:
+def params_from_hf(
+    state: dict[str, np.ndarray], config: T5Config, source: str = "<state dict>"
+) -> dict[Path_, np.ndarray]:
     """Our flat parameters from an HF state dict; every tensor must be used or a known copy."""
     entries = parameter_map(config)
     state = dict(state)
@@ -124,7 +153,9 @@ def params_from_hf(state: dict[str, np.ndarray], config: T5Config, source: str =
         raise ValueError(f"{source}: no 'shared.weight' tensor; is this a T5/mT5 checkpoint?")
     for name in _TIED_COPIES:
         if name in state and not np.array_equal(state.pop(name), shared):
-            raise ValueError(f"{source}: {name} differs from shared.weight; untied input embeddings are not supported")
+            raise ValueError(
+                f"{source}: {name} differs from shared.weight; untied input embeddings are not supported"
+            )
     for name in _UNUSED:
         state.pop(name, None)
     if config.tie_word_embeddings:
@@ -140,7 +171,9 @@ def params_from_hf(state: dict[str, np.ndarray], config: T5Config, source: str =
     out: dict[Path_, np.ndarray] = {}
     missing = [e.hf for e in entries if e.hf not in state]
     if missing:
-        raise ValueError(f"{source}: missing tensors for this config: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        raise ValueError(
+            f"{source}: missing tensors for this config: {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+        )
     for e in entries:
         x = np.asarray(state.pop(e.hf))
         out[e.ours] = to_ours(e.kind, x, config)
@@ -188,7 +221,9 @@ def model_from_params(params: dict[Path_, np.ndarray], config: T5Config) -> T5Mo
             )
         sharding = getattr(spec_value, "sharding", None)
         if mesh is not None and sharding is not None:
-            array = jax.device_put(value.astype(spec_value.dtype), jax.sharding.NamedSharding(mesh, sharding.spec))
+            array = jax.device_put(
+                value.astype(spec_value.dtype), jax.sharding.NamedSharding(mesh, sharding.spec)
+            )
         else:
             array = jnp.asarray(value, spec_value.dtype)
         leaves.append((path, var.replace(array)))

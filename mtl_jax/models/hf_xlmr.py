@@ -1,10 +1,11 @@
 """Hugging Face <-> mtl_jax conversion for XLM-R (and BERT-style) encoders with per-task heads.
 
 Import reads any of ``XLMRobertaModel``, ``XLMRobertaForSequenceClassification``,
-``XLMRobertaForMaskedLM`` (or the BERT/RoBERTa equivalents) for the encoder, and a sequence
-classification directory's head into head k. Export writes this layout::
+``XLMRobertaForMaskedLM`` (or the RoBERTa/BERT equivalents) for the encoder, and a RoBERTa-style
+sequence classification directory's head into head k (BERT's pooled-output classifier is not a
+RoBERTa head and is not imported). Export writes this layout::
 
-    DST/mtl_jax_tasks.json   task order: [{"name", "num_labels", "dir"}, ...]
+    DST/mtl_jax_tasks.json   task order [{"name", "num_labels", "dir"}, ...], add_pooling_layer
     DST/encoder/             XLMRobertaModel (pooler included when the model has one)
     DST/<task_name>/         XLMRobertaForSequenceClassification: the encoder + head k
 
@@ -125,6 +126,18 @@ def _assign(var: nnx.Variable, value: np.ndarray, where: str) -> None:
     var.set_value(new)
 
 
+def _legacy_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Old BERT/RoBERTa checkpoints name LayerNorm parameters gamma/beta (transformers renames too)."""
+    renames = {".LayerNorm.gamma": ".LayerNorm.weight", ".LayerNorm.beta": ".LayerNorm.bias"}
+    out = {}
+    for key, value in state.items():
+        for old, new in renames.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+        out[key] = value
+    return out
+
+
 def _encoder_prefix(state: Mapping[str, np.ndarray], directory: Path | str) -> str:
     for prefix in _ENCODER_PREFIXES:
         if f"{prefix}embeddings.word_embeddings.weight" in state:
@@ -141,6 +154,7 @@ def load_encoder_state(
     freshly initialised from ``seed``. Returns the HF names that were missing.
     """
     config = model.config
+    state = _legacy_names(state)
     prefix = _encoder_prefix(state, source)
     missing = [
         prefix + hf_name
@@ -266,6 +280,8 @@ def load_hf_xlmr(
         if task_num_labels is not None or head_dirs:
             raise ValueError(f"{directory} is an mtl_jax export: its tasks come from {MANIFEST_NAME}")
         tasks = read_manifest(directory)
+        pooler = json.loads(manifest.read_text()).get("add_pooling_layer", True)
+        config_overrides.setdefault("add_pooling_layer", pooler)
         task_names = tuple(t["name"] for t in tasks)
         task_num_labels = tuple(int(t["num_labels"]) for t in tasks)
         head_dirs = {k: directory / t["dir"] for k, t in enumerate(tasks)}
@@ -350,7 +366,8 @@ def export_hf_xlmr(
         hf_config = config.to_hf(num_labels=n, id2label=labels.get(name))
         written[name] = write_checkpoint(directory / name, hf_config, {**encoder_no_pooler, **head_state(model, k)})
         entries.append({"name": name, "num_labels": n, "dir": name})
-    (directory / MANIFEST_NAME).write_text(json.dumps({"format": _FORMAT, "tasks": entries}, indent=2) + "\n")
+    manifest = {"format": _FORMAT, "add_pooling_layer": config.add_pooling_layer, "tasks": entries}
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return written
 
 
@@ -380,7 +397,7 @@ def verify_against_transformers(
     with torch.no_grad():
         ref = reference(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
     task_id = jnp.full((batch,), task, jnp.int32) if model.heads is not None else None
-    ours = nnx.jit(lambda m, i, a, t: m(i, a, t))(model, jnp.asarray(ids), jnp.asarray(mask), task_id)
+    ours = _forward(model, jnp.asarray(ids), jnp.asarray(mask), task_id)
     if is_classifier:
         n = model.config.task_num_labels[task]
         got, want = np.asarray(ours["logits"])[:, :n], ref.logits.numpy()
@@ -388,6 +405,11 @@ def verify_against_transformers(
         got, want = np.asarray(ours["hidden"], np.float32), ref.last_hidden_state.numpy()
     diff = np.abs(got - want)
     return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(want).max(), 1e-12))}
+
+
+@nnx.jit
+def _forward(model: XLMRMultiTask, ids: jax.Array, mask: jax.Array, task_id: jax.Array | None) -> dict:
+    return model(ids, mask, task_id)
 
 
 def random_padded_inputs(config: XLMRConfig, batch: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,10 @@ AxisNames = tuple[str | None, ...]
 AttentionImpl = Literal["auto", "cudnn", "xla"]
 ATTENTION_IMPLS: tuple[str, ...] = ("auto", "cudnn", "xla")
 
+_LECUN_NORMAL = nnx.initializers.lecun_normal()
+_ZEROS = nnx.initializers.zeros_init()
+_UNIT_NORMAL = nnx.initializers.normal(1.0)
+
 # Same constant as jax.nn.dot_product_attention's XLA path, so both attention paths mask alike
 # (a fully masked row becomes a uniform distribution instead of NaN, as in Hugging Face).
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -47,8 +51,29 @@ def eager_sharding_if_mesh() -> Any:
     return nnx.use_eager_sharding(not jax.sharding.get_abstract_mesh().empty)
 
 
+class ParamKeys:
+    """Parameter keys ``fold_in(base, 0), fold_in(base, 1), ...`` with a Python counter.
+
+    Drawing each key from ``nnx.Rngs`` updates its traced counter variable, and under
+    ``nnx.eval_shape``/``jit`` Flax 0.12 inspects that tracer's sharding, which walks the whole
+    jaxpr so far: model construction becomes quadratic in the number of parameters (~20 s for
+    mT5-Large). Models draw one key from ``rngs`` and hand this to their layers instead.
+    """
+
+    def __init__(self, rngs: nnx.Rngs | jax.Array) -> None:
+        self.base = rngs.params() if isinstance(rngs, nnx.Rngs) else rngs
+        self.count = 0
+
+    def __call__(self) -> jax.Array:
+        self.count += 1
+        return jax.random.fold_in(self.base, self.count - 1)
+
+
+Rngs = nnx.Rngs | ParamKeys
+
+
 def param(
-    rngs: nnx.Rngs,
+    rngs: Rngs,
     init: Initializer,
     shape: Sequence[int],
     axis_names: AxisNames,
@@ -57,8 +82,9 @@ def param(
     """An ``nnx.Param`` initialised by ``init`` that carries its logical ``axis_names``."""
     if len(axis_names) != len(shape):
         raise ValueError(f"axis names {axis_names} do not match parameter shape {tuple(shape)}")
+    key = rngs() if isinstance(rngs, ParamKeys) else rngs.params()
     annotated = nnx.with_partitioning(init, axis_names)
-    return nnx.Param(annotated(rngs.params(), tuple(shape), as_dtype(param_dtype)))
+    return nnx.Param(annotated(key, tuple(shape), as_dtype(param_dtype)))
 
 
 def count_params(module: nnx.Module) -> int:
@@ -85,11 +111,11 @@ class DenseGeneral(nnx.Module):
         *,
         axis_names: AxisNames,
         use_bias: bool = False,
-        kernel_init: Initializer = nnx.initializers.lecun_normal(),
-        bias_init: Initializer = nnx.initializers.zeros_init(),
+        kernel_init: Initializer = _LECUN_NORMAL,
+        bias_init: Initializer = _ZEROS,
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
-        rngs: nnx.Rngs,
+        rngs: Rngs,
     ) -> None:
         self.in_features = _normalize_features(in_features)
         self.out_features = _normalize_features(out_features)
@@ -97,14 +123,14 @@ class DenseGeneral(nnx.Module):
         shape = self.in_features + self.out_features
         self.kernel = param(rngs, kernel_init, shape, axis_names, param_dtype)
         if use_bias:
-            bias_names = axis_names[len(self.in_features):]
+            bias_names = axis_names[len(self.in_features) :]
             self.bias = param(rngs, bias_init, self.out_features, bias_names, param_dtype)
         else:
             self.bias = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_features)
-        if x.shape[x.ndim - n_in:] != self.in_features:
+        if x.shape[x.ndim - n_in :] != self.in_features:
             raise ValueError(
                 f"DenseGeneral expects trailing dims {self.in_features}, got input {x.shape}"
             )
@@ -125,10 +151,10 @@ class Embed(nnx.Module):
         features: int,
         *,
         axis_names: AxisNames = ("vocab", "embed"),
-        init: Initializer = nnx.initializers.normal(1.0),
+        init: Initializer = _UNIT_NORMAL,
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
-        rngs: nnx.Rngs,
+        rngs: Rngs,
     ) -> None:
         self.num_embeddings = num_embeddings
         self.dtype = as_dtype(dtype)
@@ -141,7 +167,9 @@ class Embed(nnx.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """``x @ embedding.T``: logits over the vocabulary with the embedding as output layer."""
-        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+        return jnp.einsum(
+            "...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype)
+        )
 
 
 class RMSNorm(nnx.Module):
@@ -155,11 +183,13 @@ class RMSNorm(nnx.Module):
         axis_name: str = "embed",
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
-        rngs: nnx.Rngs,
+        rngs: Rngs,
     ) -> None:
         self.eps = eps
         self.dtype = as_dtype(dtype)
-        self.scale = param(rngs, nnx.initializers.ones_init(), (features,), (axis_name,), param_dtype)
+        self.scale = param(
+            rngs, nnx.initializers.ones_init(), (features,), (axis_name,), param_dtype
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -179,12 +209,16 @@ class LayerNorm(nnx.Module):
         axis_name: str = "embed",
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
-        rngs: nnx.Rngs,
+        rngs: Rngs,
     ) -> None:
         self.eps = eps
         self.dtype = as_dtype(dtype)
-        self.scale = param(rngs, nnx.initializers.ones_init(), (features,), (axis_name,), param_dtype)
-        self.bias = param(rngs, nnx.initializers.zeros_init(), (features,), (axis_name,), param_dtype)
+        self.scale = param(
+            rngs, nnx.initializers.ones_init(), (features,), (axis_name,), param_dtype
+        )
+        self.bias = param(
+            rngs, nnx.initializers.zeros_init(), (features,), (axis_name,), param_dtype
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -227,7 +261,7 @@ def padding_mask(key_valid: jax.Array) -> jax.Array:
 def segment_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Array:
     """Packed sequences: attend only within the same segment. ``[B, T]``, ``[B, S]`` ->
     ``[B, 1, T, S]``."""
-    return (query_segments[:, None, :, None] == key_segments[:, None, None, :])
+    return query_segments[:, None, :, None] == key_segments[:, None, None, :]
 
 
 def causal_mask(query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:

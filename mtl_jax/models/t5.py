@@ -24,7 +24,9 @@ from mtl_jax.models.layers import (
     ATTENTION_IMPLS,
     DenseGeneral,
     Embed,
+    ParamKeys,
     RMSNorm,
+    Rngs,
     as_dtype,
     causal_mask,
     combine_masks,
@@ -49,11 +51,21 @@ _MODEL_TYPES = ("t5", "mt5")
 # Hugging Face's per-class defaults, used for keys a config.json leaves out.
 _HF_DEFAULTS: dict[str, dict[str, Any]] = {
     "t5": dict(
-        vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
+        vocab_size=32128,
+        d_model=512,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=6,
+        num_heads=8,
         feed_forward_proj="relu",
     ),
     "mt5": dict(
-        vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
+        vocab_size=250112,
+        d_model=512,
+        d_kv=64,
+        d_ff=1024,
+        num_layers=8,
+        num_heads=6,
         feed_forward_proj="gated-gelu",
     ),
 }
@@ -99,7 +111,9 @@ class T5Config:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
         if self.num_decoder_layers <= 0:
-            raise ValueError(f"T5Config.num_decoder_layers must be positive, got {self.num_decoder_layers}")
+            raise ValueError(
+                f"T5Config.num_decoder_layers must be positive, got {self.num_decoder_layers}"
+            )
         if self.relative_attention_num_buckets < 4:
             raise ValueError(
                 "T5Config.relative_attention_num_buckets must be >= 4, got "
@@ -117,7 +131,9 @@ class T5Config:
                 f"T5Config.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
             )
         if self.model_type not in _MODEL_TYPES:
-            raise ValueError(f"T5Config.model_type must be one of {_MODEL_TYPES}, got {self.model_type!r}")
+            raise ValueError(
+                f"T5Config.model_type must be one of {_MODEL_TYPES}, got {self.model_type!r}"
+            )
         for name in ("dtype", "param_dtype"):
             try:
                 as_dtype(getattr(self, name))
@@ -153,7 +169,11 @@ class T5Config:
 
     @property
     def attention_dropout(self) -> float:
-        return self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
+        return (
+            self.dropout_rate
+            if self.attention_dropout_rate is None
+            else self.attention_dropout_rate
+        )
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], **overrides: Any) -> T5Config:
@@ -187,7 +207,9 @@ class T5Config:
             d_kv=int(get("d_kv", defaults["d_kv"])),
             d_ff=int(get("d_ff", defaults["d_ff"])),
             num_layers=int(get("num_layers", defaults["num_layers"])),
-            num_decoder_layers=int(get("num_decoder_layers", get("num_layers", defaults["num_layers"]))),
+            num_decoder_layers=int(
+                get("num_decoder_layers", get("num_layers", defaults["num_layers"]))
+            ),
             num_heads=int(get("num_heads", defaults["num_heads"])),
             relative_attention_num_buckets=int(get("relative_attention_num_buckets", 32)),
             relative_attention_max_distance=int(get("relative_attention_max_distance", 128)),
@@ -210,7 +232,11 @@ class T5Config:
                 "T5Config: a tied (rescaled) head cannot be exported as model_type 'mt5' because "
                 "transformers' MT5 never rescales the decoder output; use model_type='t5'"
             )
-        arch = "MT5ForConditionalGeneration" if self.model_type == "mt5" else "T5ForConditionalGeneration"
+        arch = (
+            "MT5ForConditionalGeneration"
+            if self.model_type == "mt5"
+            else "T5ForConditionalGeneration"
+        )
         out: dict[str, Any] = dict(
             architectures=[arch],
             model_type=self.model_type,
@@ -258,11 +284,15 @@ def relative_position_bucket_table(
     max_exact = n // 2
     distance = np.arange(max_distance + 1)
     ratio = np.maximum(distance, 1).astype(np.float32) / np.float32(max_exact)
-    scaled = np.log(ratio) / np.float32(math.log(max_distance / max_exact)) * np.float32(n - max_exact)
+    scaled = (
+        np.log(ratio) / np.float32(math.log(max_distance / max_exact)) * np.float32(n - max_exact)
+    )
     large = np.minimum(max_exact + scaled.astype(np.int64), n - 1)
     table = np.where(distance < max_exact, distance, large).astype(np.int32)
     if table[-1] != n - 1:  # pragma: no cover - guarded by T5Config's validation
-        raise ValueError(f"relative position table does not saturate: {num_buckets=} {max_distance=}")
+        raise ValueError(
+            f"relative position table does not saturate: {num_buckets=} {max_distance=}"
+        )
     return table
 
 
@@ -284,7 +314,7 @@ def relative_position_bucket(
 class RelativePositionBias(nnx.Module):
     """Learned per-head bias for each relative-position bucket; ``[buckets, heads]`` like HF."""
 
-    def __init__(self, config: T5Config, *, bidirectional: bool, rngs: nnx.Rngs) -> None:
+    def __init__(self, config: T5Config, *, bidirectional: bool, rngs: Rngs) -> None:
         self.bidirectional = bidirectional
         self.num_buckets = config.relative_attention_num_buckets
         self.max_distance = config.relative_attention_max_distance
@@ -323,13 +353,29 @@ class T5Attention(nnx.Module):
     """Multi-head attention with ``[embed, heads, kv]`` projections (``d_kv`` independent of
     ``d_model / heads``), no logit scaling, relative bias and masks passed in by the stack."""
 
-    def __init__(self, config: T5Config, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, config: T5Config, *, rngs: Rngs) -> None:
         d, n, h = config.d_model, config.num_heads, config.d_kv
         kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
-        self.query = DenseGeneral(d, (n, h), axis_names=("embed", "heads", "kv"), kernel_init=_normal((d * h) ** -0.5), **kw)
-        self.key = DenseGeneral(d, (n, h), axis_names=("embed", "heads", "kv"), kernel_init=_normal(d**-0.5), **kw)
-        self.value = DenseGeneral(d, (n, h), axis_names=("embed", "heads", "kv"), kernel_init=_normal(d**-0.5), **kw)
-        self.out = DenseGeneral((n, h), d, axis_names=("heads", "kv", "embed"), kernel_init=_normal((n * h) ** -0.5), **kw)
+        self.query = DenseGeneral(
+            d,
+            (n, h),
+            axis_names=("embed", "heads", "kv"),
+            kernel_init=_normal((d * h) ** -0.5),
+            **kw,
+        )
+        self.key = DenseGeneral(
+            d, (n, h), axis_names=("embed", "heads", "kv"), kernel_init=_normal(d**-0.5), **kw
+        )
+        self.value = DenseGeneral(
+            d, (n, h), axis_names=("embed", "heads", "kv"), kernel_init=_normal(d**-0.5), **kw
+        )
+        self.out = DenseGeneral(
+            (n, h),
+            d,
+            axis_names=("heads", "kv", "embed"),
+            kernel_init=_normal((n * h) ** -0.5),
+            **kw,
+        )
         self.impl = config.attention_impl
         self.dropout_rate = config.attention_dropout
 
@@ -344,8 +390,13 @@ class T5Attention(nnx.Module):
         rngs: nnx.Rngs | None,
     ) -> jax.Array:
         return self.attend(
-            self.query(x), self.key(context), self.value(context),
-            bias=bias, mask=mask, deterministic=deterministic, rngs=rngs,
+            self.query(x),
+            self.key(context),
+            self.value(context),
+            bias=bias,
+            mask=mask,
+            deterministic=deterministic,
+            rngs=rngs,
         )
 
     def attend(
@@ -361,8 +412,16 @@ class T5Attention(nnx.Module):
     ) -> jax.Array:
         """Attention on already projected ``[B, T|S, N, H]`` tensors (the cached decode path)."""
         out = dot_product_attention(
-            q, k, v, bias=bias, mask=mask, scale=1.0, impl=self.impl,
-            dropout_rate=self.dropout_rate, deterministic=deterministic, rngs=rngs,
+            q,
+            k,
+            v,
+            bias=bias,
+            mask=mask,
+            scale=1.0,
+            impl=self.impl,
+            dropout_rate=self.dropout_rate,
+            deterministic=deterministic,
+            rngs=rngs,
         )
         return self.out(out)
 
@@ -370,18 +429,26 @@ class T5Attention(nnx.Module):
 class T5MLP(nnx.Module):
     """``wo(act(wi_0 x) * wi_1 x)`` (gated, T5 v1.1/mT5) or ``wo(act(wi x))`` (original T5)."""
 
-    def __init__(self, config: T5Config, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, config: T5Config, *, rngs: Rngs) -> None:
         d, f = config.d_model, config.d_ff
         kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
         self.gated = config.is_gated
         self.activation = config.activation
         self.dropout_rate = config.dropout_rate
         if self.gated:
-            self.wi_0 = DenseGeneral(d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw)
-            self.wi_1 = DenseGeneral(d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw)
+            self.wi_0 = DenseGeneral(
+                d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw
+            )
+            self.wi_1 = DenseGeneral(
+                d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw
+            )
         else:
-            self.wi = DenseGeneral(d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw)
-        self.wo = DenseGeneral(f, d, axis_names=("mlp", "embed"), kernel_init=_normal(f**-0.5), **kw)
+            self.wi = DenseGeneral(
+                d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw
+            )
+        self.wo = DenseGeneral(
+            f, d, axis_names=("mlp", "embed"), kernel_init=_normal(f**-0.5), **kw
+        )
 
     def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
         act = _ACTIVATIONS[self.activation]
@@ -390,15 +457,18 @@ class T5MLP(nnx.Module):
         return self.wo(h)
 
 
-def _norm(config: T5Config, rngs: nnx.Rngs) -> RMSNorm:
+def _norm(config: T5Config, rngs: Rngs) -> RMSNorm:
     return RMSNorm(
-        config.d_model, eps=config.layer_norm_epsilon, dtype=config.dtype,
-        param_dtype=config.param_dtype, rngs=rngs,
+        config.d_model,
+        eps=config.layer_norm_epsilon,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        rngs=rngs,
     )
 
 
 class T5EncoderLayer(nnx.Module):
-    def __init__(self, config: T5Config, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, config: T5Config, *, rngs: Rngs) -> None:
         self.attention_norm = _norm(config, rngs)
         self.attention = T5Attention(config, rngs=rngs)
         self.mlp_norm = _norm(config, rngs)
@@ -406,18 +476,25 @@ class T5EncoderLayer(nnx.Module):
         self.dropout_rate = config.dropout_rate
 
     def __call__(
-        self, x: jax.Array, *, bias: jax.Array, mask: jax.Array | None,
-        deterministic: bool, rngs: nnx.Rngs | None,
+        self,
+        x: jax.Array,
+        *,
+        bias: jax.Array,
+        mask: jax.Array | None,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
     ) -> jax.Array:
         drop = dict(deterministic=deterministic, rngs=rngs)
         h = self.attention_norm(x)
-        x = x + dropout(self.attention(h, h, bias=bias, mask=mask, **drop), self.dropout_rate, **drop)
+        x = x + dropout(
+            self.attention(h, h, bias=bias, mask=mask, **drop), self.dropout_rate, **drop
+        )
         h = self.mlp(self.mlp_norm(x), **drop)
         return x + dropout(h, self.dropout_rate, **drop)
 
 
 class T5DecoderLayer(nnx.Module):
-    def __init__(self, config: T5Config, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, config: T5Config, *, rngs: Rngs) -> None:
         self.self_attention_norm = _norm(config, rngs)
         self.self_attention = T5Attention(config, rngs=rngs)
         self.cross_attention_norm = _norm(config, rngs)
@@ -427,48 +504,81 @@ class T5DecoderLayer(nnx.Module):
         self.dropout_rate = config.dropout_rate
 
     def __call__(
-        self, x: jax.Array, encoded: jax.Array, *, bias: jax.Array, self_mask: jax.Array | None,
-        cross_mask: jax.Array | None, deterministic: bool, rngs: nnx.Rngs | None,
+        self,
+        x: jax.Array,
+        encoded: jax.Array,
+        *,
+        bias: jax.Array,
+        self_mask: jax.Array | None,
+        cross_mask: jax.Array | None,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
     ) -> jax.Array:
         drop = dict(deterministic=deterministic, rngs=rngs)
         h = self.self_attention_norm(x)
         h = self.self_attention(h, h, bias=bias, mask=self_mask, **drop)
         x = x + dropout(h, self.dropout_rate, **drop)
-        h = self.cross_attention(self.cross_attention_norm(x), encoded, bias=None, mask=cross_mask, **drop)
+        h = self.cross_attention(
+            self.cross_attention_norm(x), encoded, bias=None, mask=cross_mask, **drop
+        )
         x = x + dropout(h, self.dropout_rate, **drop)
         return x + dropout(self.mlp(self.mlp_norm(x), **drop), self.dropout_rate, **drop)
 
     def step(
-        self, x: jax.Array, cache: dict[str, jax.Array], index: jax.Array, *, bias: jax.Array,
-        self_mask: jax.Array, cross_mask: jax.Array | None,
+        self,
+        x: jax.Array,
+        cache: dict[str, jax.Array],
+        index: jax.Array,
+        *,
+        bias: jax.Array,
+        self_mask: jax.Array,
+        cross_mask: jax.Array | None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """One decoding position ``x`` ``[B, 1, D]`` against the cache; writes this position's
         key/value at ``index`` and returns the updated cache."""
         h = self.self_attention_norm(x)
         attn = self.self_attention
-        k = jax.lax.dynamic_update_slice_in_dim(cache["k"], attn.key(h).astype(cache["k"].dtype), index, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(cache["v"], attn.value(h).astype(cache["v"].dtype), index, axis=1)
-        x = x + attn.attend(attn.query(h), k, v, bias=bias, mask=self_mask, deterministic=True, rngs=None)
+        k = jax.lax.dynamic_update_slice_in_dim(
+            cache["k"], attn.key(h).astype(cache["k"].dtype), index, axis=1
+        )
+        v = jax.lax.dynamic_update_slice_in_dim(
+            cache["v"], attn.value(h).astype(cache["v"].dtype), index, axis=1
+        )
+        x = x + attn.attend(
+            attn.query(h), k, v, bias=bias, mask=self_mask, deterministic=True, rngs=None
+        )
         h = self.cross_attention_norm(x)
         cross = self.cross_attention
         x = x + cross.attend(
-            cross.query(h), cache["cross_k"], cache["cross_v"], bias=None, mask=cross_mask,
-            deterministic=True, rngs=None,
+            cross.query(h),
+            cache["cross_k"],
+            cache["cross_v"],
+            bias=None,
+            mask=cross_mask,
+            deterministic=True,
+            rngs=None,
         )
         x = x + self.mlp(self.mlp_norm(x), deterministic=True, rngs=None)
         return x, {**cache, "k": k, "v": v}
 
 
 class T5Encoder(nnx.Module):
-    def __init__(self, config: T5Config, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, config: T5Config, *, rngs: Rngs) -> None:
         self.relpos = RelativePositionBias(config, bidirectional=True, rngs=rngs)
-        self.layers = nnx.List([T5EncoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.layers = nnx.List(
+            [T5EncoderLayer(config, rngs=rngs) for _ in range(config.num_layers)]
+        )
         self.final_norm = _norm(config, rngs)
         self.dropout_rate = config.dropout_rate
 
     def __call__(
-        self, x: jax.Array, *, positions: jax.Array, mask: jax.Array | None,
-        deterministic: bool, rngs: nnx.Rngs | None,
+        self,
+        x: jax.Array,
+        *,
+        positions: jax.Array,
+        mask: jax.Array | None,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
     ) -> jax.Array:
         drop = dict(deterministic=deterministic, rngs=rngs)
         bias = self.relpos(positions, positions)
@@ -479,15 +589,24 @@ class T5Encoder(nnx.Module):
 
 
 class T5Decoder(nnx.Module):
-    def __init__(self, config: T5Config, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, config: T5Config, *, rngs: Rngs) -> None:
         self.relpos = RelativePositionBias(config, bidirectional=False, rngs=rngs)
-        self.layers = nnx.List([T5DecoderLayer(config, rngs=rngs) for _ in range(config.num_decoder_layers)])
+        self.layers = nnx.List(
+            [T5DecoderLayer(config, rngs=rngs) for _ in range(config.num_decoder_layers)]
+        )
         self.final_norm = _norm(config, rngs)
         self.dropout_rate = config.dropout_rate
 
     def __call__(
-        self, x: jax.Array, encoded: jax.Array, *, positions: jax.Array, self_mask: jax.Array,
-        cross_mask: jax.Array | None, deterministic: bool, rngs: nnx.Rngs | None,
+        self,
+        x: jax.Array,
+        encoded: jax.Array,
+        *,
+        positions: jax.Array,
+        self_mask: jax.Array,
+        cross_mask: jax.Array | None,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
     ) -> jax.Array:
         drop = dict(deterministic=deterministic, rngs=rngs)
         bias = self.relpos(positions, positions)
@@ -509,10 +628,15 @@ class T5Model(nnx.Module):
 
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs) -> None:
         self.config = config
+        rngs = ParamKeys(rngs)
         with eager_sharding_if_mesh():
             self.shared = Embed(
-                config.vocab_size, config.d_model, init=_normal(1.0), dtype=config.dtype,
-                param_dtype=config.param_dtype, rngs=rngs,
+                config.vocab_size,
+                config.d_model,
+                init=_normal(1.0),
+                dtype=config.dtype,
+                param_dtype=config.param_dtype,
+                rngs=rngs,
             )
             self.encoder = T5Encoder(config, rngs=rngs)
             self.decoder = T5Decoder(config, rngs=rngs)
@@ -520,9 +644,13 @@ class T5Model(nnx.Module):
                 self.lm_head = None
             else:
                 self.lm_head = DenseGeneral(
-                    config.d_model, config.vocab_size, axis_names=("embed", "vocab"),
-                    kernel_init=_normal(config.d_model**-0.5), dtype=config.dtype,
-                    param_dtype=config.param_dtype, rngs=rngs,
+                    config.d_model,
+                    config.vocab_size,
+                    axis_names=("embed", "vocab"),
+                    kernel_init=_normal(config.d_model**-0.5),
+                    dtype=config.dtype,
+                    param_dtype=config.param_dtype,
+                    rngs=rngs,
                 )
 
     # -- masks ------------------------------------------------------------------------------------
@@ -550,12 +678,16 @@ class T5Model(nnx.Module):
         _check_tokens("encoder_input_tokens", encoder_input_tokens)
         mask = combine_masks(
             padding_mask(self._encoder_valid(encoder_input_tokens)),
-            None if encoder_segment_ids is None else segment_mask(encoder_segment_ids, encoder_segment_ids),
+            None
+            if encoder_segment_ids is None
+            else segment_mask(encoder_segment_ids, encoder_segment_ids),
         )
         return self.encoder(
             self.shared(encoder_input_tokens),
             positions=self._positions(encoder_input_tokens, encoder_positions),
-            mask=mask, deterministic=deterministic, rngs=rngs,
+            mask=mask,
+            deterministic=deterministic,
+            rngs=rngs,
         )
 
     def decode(
@@ -579,7 +711,9 @@ class T5Model(nnx.Module):
         idx = jnp.arange(decoder_input_tokens.shape[1])
         packed = decoder_segment_ids is not None
         if packed and encoder_segment_ids is None:
-            raise ValueError("decoder_segment_ids given without encoder_segment_ids (packed batches need both)")
+            raise ValueError(
+                "decoder_segment_ids given without encoder_segment_ids (packed batches need both)"
+            )
         self_mask = combine_masks(
             causal_mask(idx, idx),
             segment_mask(decoder_segment_ids, decoder_segment_ids) if packed else None,
@@ -589,9 +723,13 @@ class T5Model(nnx.Module):
             segment_mask(decoder_segment_ids, encoder_segment_ids) if packed else None,
         )
         hidden = self.decoder(
-            self.shared(decoder_input_tokens), encoded,
+            self.shared(decoder_input_tokens),
+            encoded,
             positions=self._positions(decoder_input_tokens, decoder_positions),
-            self_mask=self_mask, cross_mask=cross_mask, deterministic=deterministic, rngs=rngs,
+            self_mask=self_mask,
+            cross_mask=cross_mask,
+            deterministic=deterministic,
+            rngs=rngs,
         )
         return self.logits(hidden)
 
@@ -617,13 +755,21 @@ class T5Model(nnx.Module):
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
         encoded = self.encode(
-            encoder_input_tokens, encoder_segment_ids=encoder_segment_ids,
-            encoder_positions=encoder_positions, deterministic=deterministic, rngs=rngs,
+            encoder_input_tokens,
+            encoder_segment_ids=encoder_segment_ids,
+            encoder_positions=encoder_positions,
+            deterministic=deterministic,
+            rngs=rngs,
         )
         return self.decode(
-            encoded, encoder_input_tokens, decoder_input_tokens,
-            encoder_segment_ids=encoder_segment_ids, decoder_segment_ids=decoder_segment_ids,
-            decoder_positions=decoder_positions, deterministic=deterministic, rngs=rngs,
+            encoded,
+            encoder_input_tokens,
+            decoder_input_tokens,
+            encoder_segment_ids=encoder_segment_ids,
+            decoder_segment_ids=decoder_segment_ids,
+            decoder_positions=decoder_positions,
+            deterministic=deterministic,
+            rngs=rngs,
         )
 
     # -- incremental decoding ----------------------------------------------------------------------

@@ -36,7 +36,9 @@ def greedy_decode(
     reached. ``stop_at_eos=False`` always produces ``max_decode_len`` argmax tokens.
     """
     if encoder_input_tokens.ndim != 2:
-        raise ValueError(f"encoder_input_tokens must be [batch, length], got {encoder_input_tokens.shape}")
+        raise ValueError(
+            f"encoder_input_tokens must be [batch, length], got {encoder_input_tokens.shape}"
+        )
     if max_decode_len < 1:
         raise ValueError(f"max_decode_len must be >= 1, got {max_decode_len}")
     cfg = model.config
@@ -86,7 +88,9 @@ def sequence_log_likelihood(
 ) -> jax.Array:
     """Summed log p(target tokens) per row ``[B]``; target pads (0) are not scored."""
     cfg = model.config
-    logits = model.decode(encoded, encoder_input_tokens, shift_right(targets, cfg.decoder_start_token_id))
+    logits = model.decode(
+        encoded, encoder_input_tokens, shift_right(targets, cfg.decoder_start_token_id)
+    )
     ce, _ = token_cross_entropy(logits, targets, targets != cfg.pad_token_id)
     return -jnp.sum(ce, axis=-1)
 

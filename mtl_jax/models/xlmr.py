@@ -390,6 +390,8 @@ class XLMRMultiTask(nnx.Module):
         masked to the most negative float, ``regression`` ``[batch]`` float32 (the head's first
         output; meaningful for 1-label tasks), ``is_regression`` ``[batch]`` bool, ``num_labels``
         ``[batch]``, ``hidden`` ``[batch, length, hidden]`` and ``pooled`` (when a pooler exists).
+        A ``task_id`` outside ``[0, T)`` cannot raise inside a jit: its row comes out NaN (JAX's
+        out-of-bounds fill), which the loss then shows.
         """
         hidden, pooled = self.encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs

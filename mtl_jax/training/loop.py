@@ -182,6 +182,7 @@ def run_loop(
                      + (f"\n{outcome.summary}" if outcome.summary else ""))
                 stop = config.patience is not None and progress.evals_since_best >= config.patience
                 save(step, outcome.score)
+                timer.tick()  # evaluation time is not training throughput
             elif step % checkpoint_every == 0:
                 save(step, None)
             if preemption.requested or stop:

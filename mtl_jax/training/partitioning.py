@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -139,6 +139,9 @@ def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
     return (axes,) if isinstance(axes, str) else tuple(axes)
 
 
+_WARNED: set[tuple[Any, ...]] = set()
+
+
 def logical_to_spec(
     logical_axes: Sequence[str | None] | None,
     shape: Sequence[int],
@@ -174,10 +177,13 @@ def logical_to_spec(
         axes = tuple(a for a in _as_tuple(table[logical]) if a not in used)
         size = math.prod(mesh.shape[a] for a in axes)
         if axes and dim % size:
-            log.warning(
-                "%s: dimension %s (%d) is not divisible by mesh axes %s (size %d); replicating it",
-                name, logical, dim, axes, size,
-            )
+            key = (name, logical, dim, axes, size)
+            if key not in _WARNED:
+                _WARNED.add(key)
+                log.warning(
+                    "%s: dimension %s (%d) is not divisible by mesh axes %s (size %d); "
+                    "replicating it", name, logical, dim, axes, size,
+                )
             axes = ()
         used.update(axes)
         spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
@@ -285,6 +291,24 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Pin an activation's sharding by logical axes (e.g. ``("batch", "length", "embed")``).
+
+    For model code: resolved with the rules of ``nnx.logical_axis_rules`` and the mesh of
+    ``jax.set_mesh`` that the compiled steps enter; a no-op outside them (one device, tests).
+    Under FSDP it keeps activations split by batch where XLA would otherwise follow a gathered
+    parameter's layout (e.g. an embedding lookup) and re-materialise the whole activation.
+    """
+    from flax.core.spmd import get_logical_axis_rules
+
+    mesh = jax.sharding.get_abstract_mesh()
+    rules = get_logical_axis_rules()
+    if mesh.empty or not rules:
+        return x
+    spec = logical_to_spec(logical_axes, x.shape, mesh, tuple(rules), name="activation")
+    return jax.lax.with_sharding_constraint(x, spec)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,9 +482,3 @@ def _spec_str(spec: PartitionSpec, ndim: int) -> str:
     parts = ["+".join(_as_tuple(a)) or "-" for a in full]
     return "(" + ",".join(parts) + ")" if parts else "replicated"
 
-
-def is_fully_replicated(sharding: NamedSharding) -> bool:
-    return all(a is None for a in sharding.spec)
-
-
-PathFn = Callable[[str], str]

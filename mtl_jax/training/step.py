@@ -65,7 +65,8 @@ def _split_micro_batches(
                 f"batch feature {key!r} has {b} rows, not divisible by micro_batches={micro_batches}"
             )
         y = x.reshape((b // micro_batches, micro_batches) + x.shape[1:]).swapaxes(0, 1)
-        out[key] = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, PartitionSpec(None, axes)))
+        sharding = NamedSharding(mesh, PartitionSpec(None, axes))
+        out[key] = jax.lax.with_sharding_constraint(y, sharding)
     return out
 
 
@@ -88,6 +89,8 @@ def make_train_step(
     ``weight`` (real target tokens or examples in the effective batch), ``grad_norm`` (global norm
     of the trainable gradients) and ``learning_rate`` (of this update). ``deterministic=True``
     turns dropout off. Dropout keys are ``fold_in(fold_in(seed_key, step), micro_batch)``.
+    The model's non-trainable state is read, not written: changes a forward pass makes to it
+    (none of our models make any) are dropped.
     """
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")

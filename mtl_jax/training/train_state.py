@@ -126,7 +126,8 @@ def state_from_params(
     seed: int = 0,
 ) -> TrainState:
     """A fresh train state around given parameters (e.g. converted pretrained weights, already
-    placed with ``partitioning.host_to_global``), optimizer state initialised in place."""
+    placed with ``partitioning.host_to_global``), optimizer state initialised in place.
+    ``graphdef`` is not needed (the structure is in ``params``); it is accepted for callers."""
     del graphdef
 
     def init(params: Any, rest: Any) -> TrainState:
