@@ -149,15 +149,14 @@ def model_factory(family: str, config: Any, seed: int) -> Callable[[], nnx.Modul
 
 def pretrained_model(family: str, config: Any, directory: str) -> nnx.Module:
     """The HF checkpoint's weights in our module (host memory), heads freshly initialised."""
-    state = hf_io.read_state_dict(directory)
     if family == "t5":
         from mtl_jax.models.hf_t5 import model_from_hf_state
 
-        return model_from_hf_state(state, config)
-    from mtl_jax.models.hf_xlmr import load_encoder_state
+        return model_from_hf_state(hf_io.read_state_dict(directory), config)
+    from mtl_jax.models.hf_xlmr import load_hf_xlmr
 
-    model = XLMRMultiTask(config, rngs=nnx.Rngs(0))
-    load_encoder_state(model, state, directory)
+    model, _, _ = load_hf_xlmr(directory, task_num_labels=config.task_num_labels,
+                               dtype=config.dtype, attention_impl=config.attention_impl)
     return model
 
 

@@ -14,6 +14,7 @@ mesh, and an evaluator. What it guarantees:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import signal
 import threading
@@ -130,7 +131,7 @@ def run_loop(
         state, data_state, _ = store.restore(
             resumed_from, abstract_like(state, state_shardings), run_config.get("model")
         )
-        batches.set_state(data_state["iterator"])
+        batches.set_state(data_state["iterators"][jax.process_index()])
         progress = _Progress(**data_state.get("loop", {}))
         start = resumed_from
         run_log.truncate_after(resumed_from)
@@ -143,7 +144,9 @@ def run_loop(
     )
 
     def save(step: int, score: float | None, force: bool = False) -> None:
-        data_state = {"iterator": batches.get_state(), "loop": dataclasses.asdict(progress)}
+        # Every process reads its own shard, so every process's position is saved.
+        data_state = {"iterators": _gather_json(batches.get_state()),
+                      "loop": dataclasses.asdict(progress)}
         store.save(step, state, data_state, run_config, score=score, force=force)
 
     bar = _progress_bar(config.num_steps, start, show_progress)
@@ -203,6 +206,20 @@ def run_loop(
     result.last_step = step
     result.best_step, result.best_score = progress.best_step, progress.best_score
     return state, result
+
+
+def _gather_json(obj: Any) -> list[Any]:
+    """``obj`` of every process, in process order (one all-gather of UTF-8 bytes)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int32)))
+    padded = np.zeros((int(sizes.max()),), np.uint8)
+    padded[: data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(rows, sizes.ravel(), strict=True)]
 
 
 class _Throughput:

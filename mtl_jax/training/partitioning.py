@@ -24,8 +24,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
-# Mesh axes over which the batch dimension is split (data parallelism in the wide sense).
-DATA_PARALLEL_AXES = ("data", "fsdp")
 
 MeshAxes = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxes], ...]
