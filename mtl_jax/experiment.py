@@ -61,6 +61,23 @@ def task_format(family: str) -> str:
     return "t2t" if family == "t5" else "cls"
 
 
+def configure_sources(cfg: TrainConfig) -> None:
+    """Apply ``TrainConfig.sources``; a local path that does not exist fails here, before any
+    file of the run is written."""
+    from mtl_jax.data import sources
+
+    sources.reset_sources()
+    for dataset, spec in cfg.sources.items():
+        try:
+            parsed = sources.set_source(dataset, spec)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"TrainConfig.sources[{dataset!r}]={spec!r}: {e}") from e
+        if parsed.kind == "local" and not Path(parsed.path).exists():
+            raise ConfigError(
+                f"TrainConfig.sources[{dataset!r}]: local data path {parsed.path} does not exist"
+            )
+
+
 def configure_vocabulary(cfg: TrainConfig) -> Any:
     """Point the tasks of this family at the run's vocabulary and return it."""
     fmt = task_format(cfg.family)
@@ -173,10 +190,12 @@ def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Seq
 def objective(cfg: TrainConfig, layout: TaskLayout) -> Any:
     if cfg.family == "t5":
         return EncoderDecoderObjective(
-            num_tasks=len(layout.heads), normalization=cfg.loss_normalization, z_loss=cfg.z_loss
+            num_tasks=len(layout.heads), normalization=cfg.loss_normalization or "tokens",
+            z_loss=cfg.z_loss,
         )
     return ClassificationObjective(
-        num_tasks=len(layout.heads), num_labels=tuple(max(n, 1) for n in layout.head_labels)
+        num_tasks=len(layout.heads), normalization=cfg.loss_normalization or "examples",
+        num_labels=tuple(max(n, 1) for n in layout.head_labels),
     )
 
 
@@ -287,6 +306,7 @@ def build(cfg: TrainConfig) -> Experiment:
             f"TrainConfig.pretrained={cfg.pretrained!r} is not a directory: it must be a Hugging "
             "Face checkpoint directory (config.json + model.safetensors)"
         )
+    configure_sources(cfg)
     vocab = configure_vocabulary(cfg)
     layout = task_layout(cfg)
     config = model_config(cfg, layout, vocab.vocab_size)

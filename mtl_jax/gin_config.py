@@ -62,7 +62,9 @@ def _is_literal(value: str) -> bool:
 
 
 def parse(gin_files: Sequence[str | Path], gin_params: Sequence[str] = ()) -> None:
-    """Parse files then bindings (later ones win); raise ``GinConfigError`` naming the culprit."""
+    """Parse files then bindings (later ones win) into a fresh config; raise ``GinConfigError``
+    naming the culprit."""
+    gin.clear_config()
     gin.add_config_file_search_path(str(GIN_DIR))
     paths = [str(resolve_gin_file(f)) for f in gin_files]
     bindings = [normalize_binding(b) for b in gin_params]

@@ -25,6 +25,9 @@ class TrainConfig:
     require_pretrained: bool = False  # recipes that make no sense from scratch set this
     vocabulary: str | None = None  # spm file or HF directory; None = pretrained dir, else the demo one
     mixture: str = "demo_t2t"
+    # Where each dataset is read from: {"xnli": "/data/xnli", "nc": "hub", ...}; datasets not
+    # named use the bundled samples (see mtl_jax.data.sources).
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
     sequence_length: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"inputs": 128, "targets": 8}
     )
@@ -48,7 +51,8 @@ class TrainConfig:
         default_factory=lambda: {"name": "adafactor", "learning_rate": 1e-3}
     )
     z_loss: float = 0.0
-    loss_normalization: Any = "tokens"
+    # None = the family default: "tokens" for t5 (mean over real target tokens), "examples" for xlmr.
+    loss_normalization: Any = None
     mesh_data: int = -1
     mesh_fsdp: int = 1
     mesh_tensor: int = 1
