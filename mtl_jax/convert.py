@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -250,8 +251,6 @@ def inspect_hf_source(src: Path, family: str | None) -> HFSource:
             raise ConvertError(f"no weights in {d}: expected one of {', '.join(WEIGHT_FILES)}")
         files.append(found[0])
         if found[0].name.endswith(".index.json"):
-            import json
-
             shards = sorted(set(json.loads(found[0].read_text())["weight_map"].values()))
             missing = [s for s in shards if not (d / s).is_file()]
             if missing:
@@ -565,6 +564,7 @@ def jax_to_hf(args: argparse.Namespace) -> int:
     src = args.src
     if not src.exists():
         raise ConvertError(f"source {src} does not exist")
+    check_destination(args.dst, args.overwrite)
     if checkpoint_io.is_converted(src):
         if args.step is not None:
             raise ConvertError(f"--step applies to training checkpoints; {src} is a converted checkpoint")
@@ -574,7 +574,6 @@ def jax_to_hf(args: argparse.Namespace) -> int:
         if step_hint is not None and args.step is not None and str(args.step) != str(step_hint):
             raise ConvertError(f"{src} is step {step_hint}; --step {args.step} contradicts it")
         restored = restore_training_model(store_dir, args.step if step_hint is None else str(step_hint))
-    check_destination(args.dst, args.overwrite)
     task_names = args.task_names or restored.task_names
     with stage(f"exporting {restored.description} to {args.dst}") as info:
         written = export_hf(restored, args.dst, task_names)

@@ -99,8 +99,8 @@ def model_from_params(family: str, config: ModelConfig, params: Mapping[str, Any
         if tuple(value.shape) != tuple(spec.shape):
             raise ValueError(f"parameter {name}: got shape {tuple(value.shape)}, model expects {tuple(spec.shape)}")
         if mesh is not None:
-            sharding = jax.sharding.NamedSharding(mesh, nnx.spmd.get_var_pspec(var))
-            array = jax.device_put(np.asarray(value, spec.dtype), sharding)
+            pspec = _divisible_spec(nnx.spmd.get_var_pspec(var), spec.shape, mesh)
+            array = jax.device_put(np.asarray(value, spec.dtype), jax.sharding.NamedSharding(mesh, pspec))
         else:
             array = jnp.asarray(value, spec.dtype)
         leaves.append((path, var.replace(array)))
@@ -108,6 +108,18 @@ def model_from_params(family: str, config: ModelConfig, params: Mapping[str, Any
     if extra:
         raise ValueError(f"parameters not in the {family} model of this config: {extra[:10]}")
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+def _divisible_spec(spec: jax.sharding.PartitionSpec, shape: tuple[int, ...],
+                    mesh: jax.sharding.Mesh) -> jax.sharding.PartitionSpec:
+    """``spec`` with every dimension the mesh axes do not divide replicated instead (tiny test
+    vocabularies, odd head counts), as the trainer's partitioner does."""
+    out = []
+    for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        ways = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+        out.append(axes if size % ways == 0 else None)
+    return jax.sharding.PartitionSpec(*out)
 
 
 def params_of(model: nnx.Module) -> dict[str, Any]:
@@ -194,7 +206,10 @@ def save_converted(
 def restore_params(params_dir: str | Path, family: str, config: ModelConfig) -> dict[str, Any]:
     """The parameters under ``params_dir`` as host (NumPy) arrays, checked against the model of
     ``config``: a missing, extra or reshaped tensor fails with orbax's tree diff."""
-    target = abstract_params(family, config)
+    # Plain shapes (no shardings, even inside a mesh context): restored as host NumPy arrays,
+    # placed afterwards by ``model_from_params``.
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          abstract_params(family, config))
     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     try:
         return checkpointer.restore(Path(params_dir).absolute(), args=ocp.args.StandardRestore(target))
