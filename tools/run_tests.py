@@ -1,7 +1,8 @@
-"""Run the test suite: the fast stage always, the ``slow`` stage when time allows.
+"""Run the test suite: the fast stage (``-m "not slow"``) by default, the slow stage on request.
 
 pytest's exit code 5 ("no tests collected") counts as success so an empty stage never fails CI.
-``MTL_JAX_SLOW=1`` (or ``--slow``) adds the second stage.
+``--slow`` (or ``MTL_JAX_SLOW=1``) runs both stages; ``--slow-only`` only the slow one (CI's second
+stage). Other arguments go to pytest.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import sys
 
 
 def _pytest(*args: str) -> int:
-    code = subprocess.call([sys.executable, "-m", "pytest", *args])
+    code = subprocess.call([sys.executable, "-m", "pytest", "-q", *args])
     return 0 if code == 5 else code
 
 
 def main(argv: list[str]) -> int:
-    slow = "--slow" in argv or os.environ.get("MTL_JAX_SLOW") == "1"
-    extra = [a for a in argv if a != "--slow"]
-    code = _pytest("-q", "-m", "not slow", *extra)
+    slow_only = "--slow-only" in argv
+    slow = slow_only or "--slow" in argv or os.environ.get("MTL_JAX_SLOW") == "1"
+    extra = [a for a in argv if a not in ("--slow", "--slow-only")]
+    code = 0 if slow_only else _pytest("-m", "not slow", *extra)
     if code == 0 and slow:
-        code = _pytest("-q", "-m", "slow", *extra)
+        code = _pytest("-m", "slow", *extra)
     return code
 
 
