@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from mtl_jax.evaluation import metrics as M
 

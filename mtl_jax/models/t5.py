@@ -363,12 +363,8 @@ class T5Attention(nnx.Module):
             kernel_init=_normal((d * h) ** -0.5),
             **kw,
         )
-        self.key = DenseGeneral(
-            d, (n, h), axis_names=("embed", "heads", "kv"), kernel_init=_normal(d**-0.5), **kw
-        )
-        self.value = DenseGeneral(
-            d, (n, h), axis_names=("embed", "heads", "kv"), kernel_init=_normal(d**-0.5), **kw
-        )
+        self.key = self._kv_proj(d, n, h, kw)
+        self.value = self._kv_proj(d, n, h, kw)
         self.out = DenseGeneral(
             (n, h),
             d,
@@ -378,6 +374,12 @@ class T5Attention(nnx.Module):
         )
         self.impl = config.attention_impl
         self.dropout_rate = config.attention_dropout
+
+    @staticmethod
+    def _kv_proj(d: int, n: int, h: int, kw: dict[str, Any]) -> DenseGeneral:
+        return DenseGeneral(
+            d, (n, h), axis_names=("embed", "heads", "kv"), kernel_init=_normal(d**-0.5), **kw
+        )
 
     def __call__(
         self,
@@ -435,17 +437,17 @@ class T5MLP(nnx.Module):
         self.gated = config.is_gated
         self.activation = config.activation
         self.dropout_rate = config.dropout_rate
+
+        def wi() -> DenseGeneral:
+            return DenseGeneral(
+                d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw
+            )
+
         if self.gated:
-            self.wi_0 = DenseGeneral(
-                d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw
-            )
-            self.wi_1 = DenseGeneral(
-                d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw
-            )
+            self.wi_0 = wi()
+            self.wi_1 = wi()
         else:
-            self.wi = DenseGeneral(
-                d, f, axis_names=("embed", "mlp"), kernel_init=_normal(d**-0.5), **kw
-            )
+            self.wi = wi()
         self.wo = DenseGeneral(
             f, d, axis_names=("mlp", "embed"), kernel_init=_normal(f**-0.5), **kw
         )
@@ -562,14 +564,44 @@ class T5DecoderLayer(nnx.Module):
         return x, {**cache, "k": k, "v": v}
 
 
-class T5Encoder(nnx.Module):
-    def __init__(self, config: T5Config, *, rngs: Rngs) -> None:
-        self.relpos = RelativePositionBias(config, bidirectional=True, rngs=rngs)
-        self.layers = nnx.List(
-            [T5EncoderLayer(config, rngs=rngs) for _ in range(config.num_layers)]
-        )
+class _T5Stack(nnx.Module):
+    """What the encoder and decoder stacks share: one relative position bias computed per call
+    and given to every layer, dropout on the embeddings, and a final norm plus dropout."""
+
+    def __init__(
+        self,
+        config: T5Config,
+        layer: Callable[..., nnx.Module],
+        num_layers: int,
+        *,
+        bidirectional: bool,
+        rngs: Rngs,
+    ) -> None:
+        self.relpos = RelativePositionBias(config, bidirectional=bidirectional, rngs=rngs)
+        self.layers = nnx.List([layer(config, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = _norm(config, rngs)
         self.dropout_rate = config.dropout_rate
+
+    def _run(
+        self,
+        x: jax.Array,
+        *layer_args: jax.Array,
+        positions: jax.Array,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
+        **layer_kwargs: jax.Array | None,
+    ) -> jax.Array:
+        drop = dict(deterministic=deterministic, rngs=rngs)
+        bias = self.relpos(positions, positions)
+        x = dropout(x, self.dropout_rate, **drop)
+        for layer in self.layers:
+            x = layer(x, *layer_args, bias=bias, **layer_kwargs, **drop)
+        return dropout(self.final_norm(x), self.dropout_rate, **drop)
+
+
+class T5Encoder(_T5Stack):
+    def __init__(self, config: T5Config, *, rngs: Rngs) -> None:
+        super().__init__(config, T5EncoderLayer, config.num_layers, bidirectional=True, rngs=rngs)
 
     def __call__(
         self,
@@ -580,22 +612,14 @@ class T5Encoder(nnx.Module):
         deterministic: bool,
         rngs: nnx.Rngs | None,
     ) -> jax.Array:
-        drop = dict(deterministic=deterministic, rngs=rngs)
-        bias = self.relpos(positions, positions)
-        x = dropout(x, self.dropout_rate, **drop)
-        for layer in self.layers:
-            x = layer(x, bias=bias, mask=mask, **drop)
-        return dropout(self.final_norm(x), self.dropout_rate, **drop)
+        return self._run(x, positions=positions, mask=mask, deterministic=deterministic, rngs=rngs)
 
 
-class T5Decoder(nnx.Module):
+class T5Decoder(_T5Stack):
     def __init__(self, config: T5Config, *, rngs: Rngs) -> None:
-        self.relpos = RelativePositionBias(config, bidirectional=False, rngs=rngs)
-        self.layers = nnx.List(
-            [T5DecoderLayer(config, rngs=rngs) for _ in range(config.num_decoder_layers)]
+        super().__init__(
+            config, T5DecoderLayer, config.num_decoder_layers, bidirectional=False, rngs=rngs
         )
-        self.final_norm = _norm(config, rngs)
-        self.dropout_rate = config.dropout_rate
 
     def __call__(
         self,
@@ -608,12 +632,15 @@ class T5Decoder(nnx.Module):
         deterministic: bool,
         rngs: nnx.Rngs | None,
     ) -> jax.Array:
-        drop = dict(deterministic=deterministic, rngs=rngs)
-        bias = self.relpos(positions, positions)
-        x = dropout(x, self.dropout_rate, **drop)
-        for layer in self.layers:
-            x = layer(x, encoded, bias=bias, self_mask=self_mask, cross_mask=cross_mask, **drop)
-        return dropout(self.final_norm(x), self.dropout_rate, **drop)
+        return self._run(
+            x,
+            encoded,
+            positions=positions,
+            self_mask=self_mask,
+            cross_mask=cross_mask,
+            deterministic=deterministic,
+            rngs=rngs,
+        )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -71,15 +71,8 @@ def squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 def per_task_mean(
     values: jax.Array, weights: jax.Array, task_ids: jax.Array, num_tasks: int
 ) -> tuple[jax.Array, jax.Array]:
-    """Weighted mean of ``values`` per task id, and the weight per task (0 where a task is absent).
-
-    ``values``, ``weights`` and ``task_ids`` share a shape (per example or per token). Written with
-    a one-hot contraction so it compiles to one fused op inside the train step.
-    """
-    one_hot = jax.nn.one_hot(task_ids, num_tasks, dtype=jnp.float32)
-    w = weights.astype(jnp.float32)
-    sums = jnp.einsum("...t,...->t", one_hot, values.astype(jnp.float32) * w)
-    counts = jnp.einsum("...t,...->t", one_hot, w)
+    """Weighted mean of ``values`` per task id, and the weight per task (0 where a task is absent)."""
+    sums, counts = per_task_sums(values, weights, task_ids, num_tasks)
     return sums / jnp.maximum(counts, 1e-8), counts
 
 
@@ -89,7 +82,7 @@ def per_task_sums(
     """Per task id: the weighted sum of ``values`` and the summed weight (both ``[num_tasks]``).
 
     Unlike ``per_task_mean`` these add up across micro-batches and devices, so the train step can
-    accumulate them and divide once at the end.
+    accumulate them and divide once at the end. A one-hot contraction compiles to one fused op.
     """
     one_hot = jax.nn.one_hot(task_ids, num_tasks, dtype=jnp.float32)
     w = weights.astype(jnp.float32)

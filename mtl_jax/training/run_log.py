@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from mtl_jax.evaluation import plots
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -22,17 +24,10 @@ def _is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def read_records(model_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` in order (a torn last line from a crash is ignored)."""
+def read_records(model_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``MODEL_DIR/metrics.jsonl`` (none if it does not exist yet)."""
     path = Path(model_dir) / METRICS_FILE
-    if not path.is_file():
-        return
-    with path.open() as f:
-        for line in f:
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    return plots.read_records(path) if path.is_file() else []
 
 
 class RunLog:
