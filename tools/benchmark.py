@@ -11,7 +11,7 @@ Compilation is timed separately (lower + compile), then ``--warmup`` untimed ste
 ``--steps`` timed steps, each ended by ``block_until_ready``.
 
 ``--compare KEY=A,B[,C]`` builds every variant in this one process and interleaves their steps
-(A B A B ...), so machine noise hits all variants alike; the ratio reported is the median over
+(A B, B A, A B, ...), so machine noise hits all variants alike; the ratio reported is the median over
 rounds of the per-round throughput ratio. Machines here are noisy: trust ratios, not absolutes.
 
 Model sizes come from ``gin_configs/models/NAME.gin`` when gin-config is installed, else from the
@@ -561,8 +561,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for v in built:
         for i in range(args.warmup):
             run_step(v, i)
-    for i in range(args.steps):  # interleaved: every round runs each variant once
-        for v in built:
+    for i in range(args.steps):
+        # Interleaved: every round runs each variant once, in alternating order (A B, B A, ...)
+        # so neither always runs right after the other.
+        for v in built if i % 2 == 0 else built[::-1]:
             v.times.append(run_step(v, i))
 
     peaks = {}
@@ -580,6 +582,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"mtl_jax/training/flops.py); MFU against "
           + ("an unknown peak (CPU): not reported" if peak0 is None
              else f"{peak0 / 1e12:.0f} TFLOP/s per device"))
+    parts = fl.model_flops(c, args.batch, args.inputs, args.targets).breakdown
+    total = sum(parts.values())
+    print("forward FLOPs by component: " + ", ".join(
+        f"{k} {100 * x / total:.1f}%" for k, x in sorted(parts.items(), key=lambda kv: -kv[1])
+        if x))
     result: dict[str, Any] = {"args": vars(args), "environment": env, "sizes_from": source,
                               "config": dataclasses.asdict(c), "results": rows}
     if len(built) > 1:

@@ -32,6 +32,7 @@ Release formats (facts checked against the publishers' loaders, see README "Data
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import io
@@ -39,7 +40,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,39 @@ def _guard(
             continue
         stats.rows += 1
         yield record
+
+
+def _row_parsers(
+    lines: Iterable[tuple[int, Any]], parse: Callable[[Any], dict | None]
+) -> Iterator[tuple[int, Callable[[], dict | None]]]:
+    """Defer ``parse`` of each numbered line so ``_guard`` can attribute its errors to the row."""
+    for line_no, raw in lines:
+        yield line_no, functools.partial(parse, raw)
+
+
+def _read_rows(
+    lines: Iterable[tuple[int, Any]],
+    parse: Callable[[Any], dict | None],
+    *,
+    where: str,
+    path: Path,
+    on_bad_row: OnBadRow,
+    stats: ReadStats | None,
+) -> Iterator[dict]:
+    """The loop every single-file reader shares: guarded parsing, then the skip/drop log line."""
+    stats = stats if stats is not None else ReadStats(str(path))
+    yield from _guard(
+        _row_parsers(lines, parse), where=where, path=path, on_bad_row=on_bad_row, stats=stats
+    )
+    _log_stats(stats, where)
+
+
+def _text_lines(path: Path, opener: Callable[..., Any]) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) for every non-empty line of a (possibly gzipped) text file."""
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                yield line_no, line
 
 
 def _log_stats(stats: ReadStats, where: str) -> None:
@@ -258,20 +292,15 @@ def read_xnli_pairs_tsv(
     """XTREME ``{split}-{lang}.tsv`` or XGLUE ``XNLI/{lang}.{dev,test}``: premise, hypothesis, label."""
     path = Path(path)
     _require_file(path, where, "premise<TAB>hypothesis<TAB>label lines")
-    stats = stats if stats is not None else ReadStats(str(path))
 
-    def rows():
-        for line_no, values in _tsv_lines(path):
+    def parse(values: list[str]) -> dict | None:
+        f = _fields(values, ("premise", "hypothesis", "label"))
+        f["label"] = _label_name("xnli", f["label"], aliases=_XNLI_ALIASES)
+        return f
 
-            def parse(values=values):
-                f = _fields(values, ("premise", "hypothesis", "label"))
-                f["label"] = _label_name("xnli", f["label"], aliases=_XNLI_ALIASES)
-                return f
-
-            yield line_no, parse
-
-    yield from _guard(rows(), where=where, path=path, on_bad_row=on_bad_row, stats=stats)
-    _log_stats(stats, where)
+    yield from _read_rows(
+        _tsv_lines(path), parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats
+    )
 
 
 XNLI_MT_HEADER = ("premise", "hypo", "label")
@@ -283,26 +312,19 @@ def read_xnli_mt_train(
     """XNLI-MT ``multinli.train.{lang}.tsv`` (header premise/hypo/label, ``contradictory``)."""
     path = Path(path)
     _require_file(path, where, "an XNLI-MT train file with header premise<TAB>hypo<TAB>label")
-    stats = stats if stats is not None else ReadStats(str(path))
     lines = _tsv_lines(path)
     header = _read_header(lines, path, where)
     _header_index(header, XNLI_MT_HEADER, path, where, exact=True)
 
-    def rows():
-        for line_no, values in lines:
+    def parse(values: list[str]) -> dict | None:
+        f = _fields(values, header)
+        return {
+            "premise": f["premise"],
+            "hypothesis": f["hypo"],
+            "label": _label_name("xnli", f["label"], aliases=_XNLI_ALIASES),
+        }
 
-            def parse(values=values):
-                f = _fields(values, header)
-                return {
-                    "premise": f["premise"],
-                    "hypothesis": f["hypo"],
-                    "label": _label_name("xnli", f["label"], aliases=_XNLI_ALIASES),
-                }
-
-            yield line_no, parse
-
-    yield from _guard(rows(), where=where, path=path, on_bad_row=on_bad_row, stats=stats)
-    _log_stats(stats, where)
+    yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
 
 
 def read_xnli_1_0(
@@ -316,33 +338,24 @@ def read_xnli_1_0(
     """XNLI 1.0 ``xnli.{dev,test}.tsv`` (all languages, header), filtered to ``language``."""
     path = Path(path)
     _require_file(path, where, "the XNLI 1.0 TSV with a header")
-    stats = stats if stats is not None else ReadStats(str(path))
     lines = _tsv_lines(path)
     header = _read_header(lines, path, where)
     idx = _header_index(
         header, ("language", "gold_label", "sentence1", "sentence2"), path, where, exact=False
     )
 
-    def rows():
-        for line_no, values in lines:
+    def parse(values: list[str]) -> dict | None:
+        if len(values) != len(header):
+            raise _RowError(f"got {len(values)} column(s), expected {len(header)} (the header's)")
+        if values[idx["language"]] != language:
+            return None
+        return {
+            "premise": values[idx["sentence1"]],
+            "hypothesis": values[idx["sentence2"]],
+            "label": _label_name("xnli", values[idx["gold_label"]], aliases=_XNLI_ALIASES),
+        }
 
-            def parse(values=values):
-                if len(values) != len(header):
-                    raise _RowError(
-                        f"got {len(values)} column(s), expected {len(header)} (the header's)"
-                    )
-                if values[idx["language"]] != language:
-                    return None
-                return {
-                    "premise": values[idx["sentence1"]],
-                    "hypothesis": values[idx["sentence2"]],
-                    "label": _label_name("xnli", values[idx["gold_label"]], aliases=_XNLI_ALIASES),
-                }
-
-            yield line_no, parse
-
-    yield from _guard(rows(), where=where, path=path, on_bad_row=on_bad_row, stats=stats)
-    _log_stats(stats, where)
+    yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
 
 
 # --------------------------------------------------------------------------- PAWS-X
@@ -354,23 +367,18 @@ def read_pawsx_xtreme_tsv(
     """XTREME ``{split}-{lang}.tsv``: sentence1, sentence2, label (0 = different, 1 = same)."""
     path = Path(path)
     _require_file(path, where, "sentence1<TAB>sentence2<TAB>label lines")
-    stats = stats if stats is not None else ReadStats(str(path))
 
-    def rows():
-        for line_no, values in _tsv_lines(path):
+    def parse(values: list[str]) -> dict | None:
+        f = _fields(values, ("sentence1", "sentence2", "label"))
+        return {
+            "sentence1": f["sentence1"],
+            "sentence2": f["sentence2"],
+            "label": _pawsx_label(f["label"]),
+        }
 
-            def parse(values=values):
-                f = _fields(values, ("sentence1", "sentence2", "label"))
-                return {
-                    "sentence1": f["sentence1"],
-                    "sentence2": f["sentence2"],
-                    "label": _pawsx_label(f["label"]),
-                }
-
-            yield line_no, parse
-
-    yield from _guard(rows(), where=where, path=path, on_bad_row=on_bad_row, stats=stats)
-    _log_stats(stats, where)
+    yield from _read_rows(
+        _tsv_lines(path), parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats
+    )
 
 
 PAWSX_ORIGINAL_HEADER = ("id", "sentence1", "sentence2", "label")
@@ -382,28 +390,21 @@ def read_pawsx_original_tsv(
     """Original PAWS-X / XGLUE PAWSX ``{lang}/{train,dev_2k,test_2k}.tsv`` (header id/s1/s2/label)."""
     path = Path(path)
     _require_file(path, where, "a PAWS-X TSV with header id<TAB>sentence1<TAB>sentence2<TAB>label")
-    stats = stats if stats is not None else ReadStats(str(path))
     lines = _tsv_lines(path)
     header = _read_header(lines, path, where)
     # The machine-translated train files call the last column "noisy_label".
     header = ["label" if h == "noisy_label" else h for h in header]
     _header_index(header, PAWSX_ORIGINAL_HEADER, path, where, exact=True)
 
-    def rows():
-        for line_no, values in lines:
+    def parse(values: list[str]) -> dict | None:
+        f = _fields(values, header)
+        return {
+            "sentence1": f["sentence1"],
+            "sentence2": f["sentence2"],
+            "label": _pawsx_label(f["label"]),
+        }
 
-            def parse(values=values):
-                f = _fields(values, header)
-                return {
-                    "sentence1": f["sentence1"],
-                    "sentence2": f["sentence2"],
-                    "label": _pawsx_label(f["label"]),
-                }
-
-            yield line_no, parse
-
-    yield from _guard(rows(), where=where, path=path, on_bad_row=on_bad_row, stats=stats)
-    _log_stats(stats, where)
+    yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
 
 
 # --------------------------------------------------------------------------- XGLUE NC/QADSM/QAM/WPR
@@ -442,24 +443,19 @@ def read_xglue_tsv(
     path = Path(path)
     columns = XGLUE_COLUMNS[dataset]
     _require_file(path, where, f"XGLUE {dataset.upper()} lines {'<TAB>'.join(columns)}")
-    stats = stats if stats is not None else ReadStats(str(path))
     label_field = LABEL_FIELD[dataset]
     query_ids: dict[str, int] = {}
 
-    def rows():
-        for line_no, values in _tsv_lines(path):
+    def parse(values: list[str]) -> dict | None:
+        f = _fields(values, columns)
+        f[label_field] = _xglue_label(dataset, f[label_field])
+        if dataset == "wpr":
+            f = {"query_id": query_ids.setdefault(f["query"], len(query_ids)), **f}
+        return f
 
-            def parse(values=values):
-                f = _fields(values, columns)
-                f[label_field] = _xglue_label(dataset, f[label_field])
-                if dataset == "wpr":
-                    f = {"query_id": query_ids.setdefault(f["query"], len(query_ids)), **f}
-                return f
-
-            yield line_no, parse
-
-    yield from _guard(rows(), where=where, path=path, on_bad_row=on_bad_row, stats=stats)
-    _log_stats(stats, where)
+    yield from _read_rows(
+        _tsv_lines(path), parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats
+    )
 
 
 # --------------------------------------------------------------------------- CTKFacts
@@ -535,53 +531,44 @@ def read_ctkfacts_jsonl(
     """
     path = Path(path)
     _require_file(path, where, "JSON lines with keys " + ", ".join(CTKFACTS_KEYS))
-    stats = stats if stats is not None else ReadStats(str(path))
+    stats = stats if stats is not None else ReadStats(str(path))  # parse counts drops in it
 
-    def rows():
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
+    def parse(line: str) -> dict | None:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _RowError(f"not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise _RowError("expected a JSON object")
+        missing = [k for k in CTKFACTS_KEYS if k not in obj]
+        if missing:
+            raise _RowError(f"missing field(s) {missing}; expected keys {list(CTKFACTS_KEYS)}")
+        label = obj["label"]
+        if isinstance(label, int) and not isinstance(label, bool):
+            raise _RowError(
+                f"label is the integer {label}; expected a label name "
+                f"{list(CTKFACTS_LABELS)} (integer ids are ambiguous across releases)"
+            )
+        if not isinstance(label, str):
+            raise _RowError(f"label {label!r} is not a string")
+        if not isinstance(obj["claim"], str):
+            raise _RowError(f"claim {obj['claim']!r} is not a string")
+        record = {
+            "id": obj["id"],
+            "claim": obj["claim"],
+            "evidence": flatten_evidence(obj["evidence"]),
+            "label": _label_name("ctkfacts_nli", label),
+        }
+        if split is not None and raw_export_split(obj) != split:
+            return None
+        if not any(p.strip() for p in record["evidence"]):
+            stats.dropped_no_evidence += 1
+            return None
+        return record
 
-                def parse(line=line):
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise _RowError(f"not valid JSON ({e.msg})") from None
-                    if not isinstance(obj, dict):
-                        raise _RowError("expected a JSON object")
-                    missing = [k for k in CTKFACTS_KEYS if k not in obj]
-                    if missing:
-                        raise _RowError(
-                            f"missing field(s) {missing}; expected keys {list(CTKFACTS_KEYS)}"
-                        )
-                    label = obj["label"]
-                    if isinstance(label, int) and not isinstance(label, bool):
-                        raise _RowError(
-                            f"label is the integer {label}; expected a label name "
-                            f"{list(CTKFACTS_LABELS)} (integer ids are ambiguous across releases)"
-                        )
-                    if not isinstance(label, str):
-                        raise _RowError(f"label {label!r} is not a string")
-                    if not isinstance(obj["claim"], str):
-                        raise _RowError(f"claim {obj['claim']!r} is not a string")
-                    record = {
-                        "id": obj["id"],
-                        "claim": obj["claim"],
-                        "evidence": flatten_evidence(obj["evidence"]),
-                        "label": _label_name("ctkfacts_nli", label),
-                    }
-                    if split is not None and raw_export_split(obj) != split:
-                        return None
-                    if not any(p.strip() for p in record["evidence"]):
-                        stats.dropped_no_evidence += 1
-                        return None
-                    return record
-
-                yield line_no, parse
-
-    yield from _guard(rows(), where=where, path=path, on_bad_row=on_bad_row, stats=stats)
-    _log_stats(stats, where)
+    yield from _read_rows(
+        _text_lines(path, open), parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats
+    )
 
 
 def is_ctkfacts_raw_export(path: Path) -> bool:
@@ -614,26 +601,17 @@ def read_mc4_json_gz(
         path = Path(path)
         _require_file(path, where, "gzipped JSON lines with a 'text' field")
 
-        def rows(path=path):
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                for line_no, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
+        def parse(line: str) -> dict:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise _RowError(f"not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise _RowError("missing field 'text'; expected a JSON object with a string 'text'")
+            return {"text": obj["text"]}
 
-                    def parse(line=line):
-                        try:
-                            obj = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise _RowError(f"not valid JSON ({e.msg})") from None
-                        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                            raise _RowError(
-                                "missing field 'text'; expected a JSON object with a string 'text'"
-                            )
-                        return {"text": obj["text"]}
-
-                    yield line_no, parse
-
-        yield from _guard(rows(), where=where, path=path, on_bad_row=on_bad_row, stats=stats)
+        rows = _row_parsers(_text_lines(path, gzip.open), parse)
+        yield from _guard(rows, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
     _log_stats(stats, where)
 
 
