@@ -128,7 +128,7 @@ def test_text_report_of_a_mixture_via_the_cli():
     assert "mixture demo_cls" in out
     assert "member tasks, normalised rates and examples per split" in out
     assert "token lengths on split 'train'" in out
-    for task in ("xnli_cls_en", "wpr_cls_en", "ctkfacts_nli_cls_cs"):
+    for task in ("xnli_mix_cls", "wpr_cls_en", "ctkfacts_nli_cls_cs"):
         assert f"{task}: 1 example(s) from 'train'" in out
     assert "label_name:" in out and "evaluation tasks (" in out
 
