@@ -410,6 +410,17 @@ def _xla_flops(compiled: Any) -> float | None:
     return float(value) if value is not None and value >= 0 else None
 
 
+def _peak_memory() -> int | None:
+    """Peak bytes in use on device 0 (GPU/TPU allocators report it; CPU does not)."""
+    import jax
+
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - not implemented on every backend
+        return None
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
 def run_step(v: Variant, i: int) -> float:
     import jax
 
@@ -567,6 +578,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for v in built if i % 2 == 0 else built[::-1]:
             v.times.append(run_step(v, i))
 
+    memory = _peak_memory()
+    if memory is not None:
+        print(f"peak device memory (all variants, device 0): {memory / 2**30:.2f} GiB")
     peaks = {}
     for v in built:
         dtype = v.config.dtype
@@ -588,7 +602,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{k} {100 * x / total:.1f}%" for k, x in sorted(parts.items(), key=lambda kv: -kv[1])
         if x))
     result: dict[str, Any] = {"args": vars(args), "environment": env, "sizes_from": source,
-                              "config": dataclasses.asdict(c), "results": rows}
+                              "config": dataclasses.asdict(c), "results": rows,
+                              "peak_device_memory_bytes": memory}
     if len(built) > 1:
         ratios = {}
         print(f"\nside by side, {args.steps} interleaved rounds "
