@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -199,14 +200,6 @@ def objective(cfg: TrainConfig, layout: TaskLayout) -> Any:
     )
 
 
-def count_tokens(batch: dict[str, np.ndarray]) -> int:
-    """Real (non-padding) tokens of a batch, what tokens/s counts."""
-    if F.ENCODER_INPUT_TOKENS in batch:
-        return int(np.count_nonzero(batch[F.ENCODER_INPUT_TOKENS])
-                   + np.count_nonzero(batch[F.DECODER_LOSS_WEIGHTS]))
-    return int(np.count_nonzero(batch[F.ATTENTION_MASK]))
-
-
 def make_optimizer(cfg: TrainConfig, optimizer_args: dict[str, Any]) -> optimizers.Optimizer:
     """``TrainConfig``'s optimizer dict -> ``optimizers.make_optimizer`` (``freeze``: regexes)."""
     args = dict(optimizer_args)
@@ -342,7 +335,8 @@ class Evaluator:
         self.split = split
         cfg = exp.cfg
         self.batch_size = max(cfg.eval_batch_size, 1)
-        self.dp = part.data_parallel_size(exp.mesh, exp.rules) * jax.process_count()
+        # Global eval batches must split over the data-parallel devices and over processes.
+        self.dp = math.lcm(part.data_parallel_size(exp.mesh, exp.rules), jax.process_count())
         self.batch_size += (-self.batch_size) % self.dp
         self._examples: dict[str, list[dict[str, Any]]] = {}
         self._steps: dict[str, Any] = {}

@@ -7,6 +7,11 @@ training run on a machine without TensorFlow and lets benchmarks feed synthetic 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
 # Encoder-decoder (mT5), T5X names. Shapes [batch, length], int32 unless noted.
 ENCODER_INPUT_TOKENS = "encoder_input_tokens"
 DECODER_INPUT_TOKENS = "decoder_input_tokens"  # targets shifted right, 0 (pad) at segment starts
@@ -44,3 +49,12 @@ PACKING_FEATURES = (
     DECODER_POSITIONS,
 )
 CLASSIFICATION_FEATURES = (INPUT_IDS, ATTENTION_MASK, LABELS, TASK_ID)
+
+
+def count_real_tokens(batch: Mapping[str, Any]) -> int:
+    """Non-padding tokens of a batch (what tokens/s counts): encoder inputs + decoder targets for
+    encoder-decoder batches, attended tokens for classification batches."""
+    if ENCODER_INPUT_TOKENS in batch:
+        return int(np.count_nonzero(batch[ENCODER_INPUT_TOKENS])
+                   + np.count_nonzero(batch[DECODER_LOSS_WEIGHTS]))
+    return int(np.count_nonzero(batch[ATTENTION_MASK]))

@@ -71,6 +71,7 @@ def run(cfg) -> int:
 
     from mtl_jax import experiment
     from mtl_jax.evaluation import plots, tables
+    from mtl_jax.features import count_real_tokens
     from mtl_jax.training.checkpoints import CheckpointStore, check_compatible
     from mtl_jax.training.loop import LoopConfig, run_loop
     from mtl_jax.training.run_log import RunLog, read_records
@@ -106,7 +107,7 @@ def run(cfg) -> int:
     state, result = run_loop(
         loop_cfg, state=state, state_shardings=exp.shardings, train_step=exp.train_step(),
         batches=exp.train_batches(), to_global=exp.to_global, evaluate=evaluator, store=store,
-        run_log=run_log, run_config=run_config, count_tokens=experiment.count_tokens,
+        run_log=run_log, run_config=run_config, count_tokens=count_real_tokens,
         task_names=list(exp.layout.heads), show_progress=cfg.progress,
     )
     store.close()

@@ -33,6 +33,7 @@ import pytest
 from flax import nnx
 
 from mtl_jax import features as F
+from mtl_jax.features import count_real_tokens
 from mtl_jax.models.layers import count_params
 from mtl_jax.models.t5 import T5Config, T5Model
 from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
@@ -289,7 +290,7 @@ def test_synthetic_batches_follow_the_batch_contract(bench):
     np.testing.assert_array_equal(batch[F.DECODER_LOSS_WEIGHTS].sum(1), lens["decoder_lengths"])
     np.testing.assert_array_equal(batch[F.DECODER_INPUT_TOKENS][:, 1:], tgt[:, :-1])
     assert (batch[F.DECODER_INPUT_TOKENS][:, 0] == 0).all() and enc.max() < 300
-    assert bench.count_real_tokens(batch) == lens["encoder_lengths"].sum() + lens[
+    assert count_real_tokens(batch) == lens["encoder_lengths"].sum() + lens[
         "decoder_lengths"].sum()
     assert lens["encoder_lengths"].min() >= 6 and lens["encoder_lengths"].max() <= 20
 

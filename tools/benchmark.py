@@ -302,18 +302,6 @@ def synthetic_batch(family: str, config: Any, args: argparse.Namespace, seed: in
     return batch, {"lengths": lens}
 
 
-def count_real_tokens(batch: dict[str, Any]) -> int:
-    """Non-padding tokens: encoder inputs + decoder targets (mT5), or attended tokens (XLM-R)."""
-    import numpy as np
-
-    from mtl_jax import features as F
-
-    if F.ENCODER_INPUT_TOKENS in batch:
-        return int(np.count_nonzero(batch[F.ENCODER_INPUT_TOKENS])
-                   + np.count_nonzero(batch[F.DECODER_LOSS_WEIGHTS]))
-    return int(np.count_nonzero(batch[F.ATTENTION_MASK]))
-
-
 # ------------------------------------------------------------------------------------------------
 # One variant: build, compile, step
 # ------------------------------------------------------------------------------------------------
@@ -341,6 +329,7 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
     import numpy as np
     from flax import nnx
 
+    from mtl_jax import features as F
     from mtl_jax.models.t5 import T5Model
     from mtl_jax.models.xlmr import XLMRMultiTask
     from mtl_jax.training import flops as fl
@@ -384,7 +373,7 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
                                         rows=args.batch)
         local = {name: x[rank * rows:(rank + 1) * rows] for name, x in full.items()}
         batches.append(part.global_batch(local, mesh, batch_sh))
-        tokens.append(count_real_tokens(full))
+        tokens.append(F.count_real_tokens(full))
         useful.append(fl.model_flops(config, args.batch, args.inputs, args.targets,
                                      **lengths).train)
     padded = fl.model_flops(config, args.batch, args.inputs, args.targets).train
