@@ -15,6 +15,7 @@ from mtl_jax import features as F
 from mtl_jax.data.converters import (
     ClassificationConverter,
     EncDecConverter,
+    longest_first,
     task_id_map,
     truncate_longest_first,
 )
@@ -188,6 +189,36 @@ def test_longest_first_keeps_the_budget():
             cut_a = na < la
             assert (la >= lb) if cut_a else (lb >= la)
             assert (na >= nb - 1) if cut_a else (nb >= na - 1)
+
+
+def _longest_first_reference(lengths: list[int], budget: int) -> list[int]:
+    """Brute force: the largest common cap that fits, then the left-over tokens to the longest
+    capped texts (the later one on a tie)."""
+    if sum(lengths) <= budget:
+        return list(lengths)
+    cap = max(t for t in range(max(lengths) + 1) if sum(min(n, t) for n in lengths) <= budget)
+    kept = [min(n, cap) for n in lengths]
+    capped = sorted((i for i, n in enumerate(lengths) if n > cap),
+                    key=lambda i: (-lengths[i], -i))
+    for i in capped[: budget - sum(kept)]:
+        kept[i] += 1
+    return kept
+
+
+def test_longest_first_of_several_texts_matches_brute_force_and_tf():
+    from mtl_jax.data.preprocessors import longest_first_tf
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = int(rng.integers(1, 5))
+        lengths = [int(n) for n in rng.integers(0, 30, k)]
+        budget = int(rng.integers(0, 70))
+        want = _longest_first_reference(lengths, budget)
+        assert longest_first(lengths, budget) == want, (lengths, budget)
+        got = longest_first_tf(tf.constant(lengths, tf.int32), budget).numpy().tolist()
+        assert got == want, (lengths, budget)
+    with pytest.raises(ValueError, match="budget"):
+        longest_first([3, 4], -1)
 
 
 # ------------------------------------------------------------------ XLM-R pair encoding

@@ -9,7 +9,7 @@ import pytest
 import seqio
 from sklearn.metrics import accuracy_score, f1_score, ndcg_score
 
-from mtl_jax.data import formats, sources, tasks
+from mtl_jax.data import converters, formats, sources, tasks
 
 # The data table of the spec, written out independently of the code under test.
 TABLE = {
@@ -168,6 +168,28 @@ def test_t2t_text_format_and_targets(dataset: str):
         label_name = formats.PAWSX_LABELS[label] if dataset == "pawsx" else label
         assert vocab.decode(ex["targets"].tolist()) == label_name
         assert ex["targets_pretokenized"].decode() == label_name
+
+
+def test_t2t_long_inputs_cut_the_longest_field_not_the_end():
+    """A CTKFacts claim comes after its evidence: cut to a short input length, the evidence is
+    cut and the whole claim survives (seqio's plain trim would cut the claim away)."""
+    vocab = tasks.get_vocabulary("t2t")
+    records = sources.load_records("ctkfacts_nli", "cs", "validation")[:8]
+    length = 80
+    examples = _examples("ctkfacts_nli_t2t_cs", "validation", n=8,
+                         seq={"inputs": length, "targets": 16})
+    for rec, ex in zip(records, examples, strict=True):
+        evidence = vocab.encode(formats.evidence_text(rec["evidence"]))
+        claim = vocab.encode(rec["claim"])
+        head = vocab.encode("ctkfacts_nli: evidence:")
+        mid = vocab.encode("claim:")
+        room = length - 1 - len(head) - len(mid)
+        assert len(evidence) > room - len(claim), "the sample must need cutting"
+        kept_evidence, kept_claim = converters.longest_first([len(evidence), len(claim)], room)
+        assert kept_claim == len(claim) < kept_evidence  # the short field is whole
+        assert list(ex["inputs"]) == [*head, *evidence[:kept_evidence], *mid, *claim,
+                                      vocab.eos_id]
+        assert len(ex["inputs"]) == length
 
 
 @pytest.mark.parametrize("dataset", sorted(CLS_PAIR))

@@ -303,24 +303,39 @@ class _EncDecBuilder:
 # ------------------------------------------------------------ encoder classification (XLM-R)
 
 
-def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Kept lengths of a text pair cut to ``budget`` tokens, longest first.
+def longest_first(lengths: Sequence[int], budget: int) -> list[int]:
+    """Kept lengths of several texts cut to ``budget`` tokens in all, longest first.
 
-    The longer text is cut first; the shorter one only once both would be equal, and then the
-    two share the budget with the odd token going to the longer text (to the second on a tie).
-    This is Hugging Face ``truncation="longest_first"`` as the ``tokenizers`` backend of
-    transformers 5 computes it.
+    Only texts longer than a common threshold are cut, to the threshold, so a short text (a
+    claim, a question) survives a long one (the evidence, a passage); what is left of the budget
+    goes one token each to the longest of the cut texts (on a tie, to the later one). For two
+    texts this is Hugging Face ``truncation="longest_first"`` as the ``tokenizers`` backend of
+    transformers 5 computes it; :func:`mtl_jax.data.preprocessors.longest_first_tf` is the same
+    rule inside tf.data.
     """
+    lengths = [int(n) for n in lengths]
     if budget < 0:
         raise ValueError(f"no room for text: budget {budget} < 0")
-    if len_a + len_b <= budget:
-        return len_a, len_b
-    swap = len_a > len_b
-    short, long_ = (len_b, len_a) if swap else (len_a, len_b)
-    long_ = short if short > budget else max(short, budget - short)
-    if short + long_ > budget:
-        short, long_ = budget // 2, budget // 2 + budget % 2
-    return (long_, short) if swap else (short, long_)
+    if any(n < 0 for n in lengths):
+        raise ValueError(f"negative text length in {lengths}")
+    if sum(lengths) <= budget:
+        return lengths
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i), reverse=True)
+    desc = [lengths[i] for i in order] + [0]
+    for j in range(1, len(lengths) + 1):  # j texts are cut: the first j of ``order``
+        threshold = (budget - sum(desc[j:])) // j
+        if threshold >= desc[j]:
+            break
+    kept = [min(n, threshold) for n in lengths]
+    for i in order[: budget - sum(kept)]:
+        kept[i] += 1
+    return kept
+
+
+def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """Kept lengths of a text pair cut to ``budget`` tokens (:func:`longest_first` of two)."""
+    na, nb = longest_first((len_a, len_b), budget)
+    return na, nb
 
 
 def xlmr_input_ids(

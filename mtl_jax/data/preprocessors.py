@@ -4,9 +4,9 @@ Source examples (built by :mod:`mtl_jax.data.tasks` from canonical records) hold
 fields as strings, ``label`` as the int32 ClassLabel id, and the pass-through features ``task``
 (head name), ``language`` and, for WPR, ``query_id``. From there:
 
-- text-to-text (mT5): :func:`t2t_text` writes ``inputs = "{prefix}: {field}: {value} {field}: {value}"``
-  and ``targets = label name``; then :func:`tokenize_strings` and
-  ``seqio.preprocessors.append_eos_after_trim``.
+- text-to-text (mT5): :func:`t2t_tokenize` writes and tokenizes
+  ``inputs = "{prefix}: {field}: {value} {field}: {value}"`` (field values cut longest first to the
+  input length) and ``targets = label name``; then ``seqio.preprocessors.append_eos_after_trim``.
 - classification (XLM-R): :func:`cls_text` writes ``text`` / ``text_pair`` (several fields joined by
   one space, e.g. WPR page title + snippet); :func:`tokenize_strings` encodes them without special
   tokens (the converter adds ``<s> a </s></s> b </s>``); ``label`` passes through.
@@ -27,24 +27,70 @@ def _join_fields(features: Mapping[str, tf.Tensor], fields: Sequence[str]) -> tf
     return tf.strings.reduce_join(tf.stack([features[f] for f in fields]), separator=" ")
 
 
-def t2t_text(
+def longest_first_tf(lengths: tf.Tensor, budget: tf.Tensor | int) -> tf.Tensor:
+    """:func:`mtl_jax.data.converters.longest_first` on an int32 vector, inside tf.data."""
+    lengths = tf.cast(lengths, tf.int32)
+    budget = tf.maximum(tf.cast(budget, tf.int32), 0)
+    k = lengths.shape[0]
+    # Longest first, the later text first on a tie (the order extra tokens are handed out in).
+    order = tf.argsort(lengths * (k + 1) + tf.range(k), direction="DESCENDING", stable=True)
+    desc = tf.concat([tf.gather(lengths, order), [0]], 0)
+    rest = tf.math.cumsum(desc, reverse=True)  # rest[j] = sum(desc[j:])
+    j = tf.range(1, k + 1)
+    thresholds = tf.math.floordiv(budget - rest[1:], j)
+    first_valid = tf.argmax(tf.cast(thresholds >= desc[1:], tf.int32), output_type=tf.int32)
+    threshold = thresholds[first_valid]
+    kept = tf.minimum(lengths, threshold)
+    rank = tf.math.invert_permutation(order)  # position of each text in ``order``
+    kept += tf.cast(rank < budget - tf.reduce_sum(kept), tf.int32)
+    return tf.where(tf.reduce_sum(lengths) <= budget, lengths, kept)
+
+
+def t2t_tokenize(
     dataset: tf.data.Dataset,
+    sequence_length: Mapping[str, int] | None,
+    output_features: Mapping[str, seqio.Feature],
     *,
     prefix: str,
     fields: Sequence[str],
     label_names: Sequence[str],
 ) -> tf.data.Dataset:
-    """``inputs`` = ``"{prefix}: {field}: {value} ..."`` over ``fields`` in order; ``targets`` = label name."""
+    """``inputs`` = ``"{prefix}: {field}: {value} {field}: {value} ..."`` tokenized, ``targets`` =
+    the label name tokenized (no EOS), both with ``*_pretokenized`` copies.
+
+    When the text is longer than ``sequence_length['inputs']`` (less EOS), the field values are
+    cut longest first (:func:`longest_first_tf`), not the end of the text: a short field after a
+    long one (CTKFacts' claim after its evidence, XNLI's hypothesis after the premise) keeps its
+    tokens. Each piece is tokenized on its own; pieces meet at a space, which SentencePiece never
+    merges across, so an untruncated ``inputs`` equals the tokenization of the joined text.
+    Without a sequence length (inspection, statistics) nothing is cut.
+    """
+    in_feature, out_feature = output_features["inputs"], output_features["targets"]
+    heads = [f"{prefix}: {fields[0]}:"] + [f"{name}:" for name in fields[1:]]
+    head_ids = [tf.constant(in_feature.vocabulary.encode(h), tf.int32) for h in heads]
+    length = (sequence_length or {}).get("inputs")
+    budget = None
+    if length is not None:
+        budget = int(length) - int(in_feature.add_eos) - sum(len(h) for h in head_ids)
     names = tf.constant(list(label_names), tf.string)
 
     @seqio.map_over_dataset
     def fn(ex):
-        parts: list[tf.Tensor | str] = [f"{prefix}: "]
-        for i, name in enumerate(fields):
-            parts += [f"{' ' if i else ''}{name}: ", ex[name]]
         out = {k: v for k, v in ex.items() if k not in fields}
-        out["inputs"] = tf.strings.join(parts)
-        out["targets"] = tf.gather(names, ex["label"])
+        values = [in_feature.vocabulary.encode_tf(ex[name]) for name in fields]
+        if budget is not None:
+            kept = longest_first_tf(tf.stack([tf.size(v) for v in values]), budget)
+            values = [v[: kept[i]] for i, v in enumerate(values)]
+        pieces: list[tf.Tensor] = []
+        text: list[tf.Tensor | str] = []
+        for i, name in enumerate(fields):
+            pieces += [head_ids[i], tf.cast(values[i], tf.int32)]
+            text += [heads[i] + " ", ex[name], " "]
+        out["inputs_pretokenized"] = tf.strings.join(text[:-1])
+        out["inputs"] = tf.concat(pieces, 0)
+        out["targets_pretokenized"] = tf.gather(names, ex["label"])
+        out["targets"] = tf.cast(out_feature.vocabulary.encode_tf(out["targets_pretokenized"]),
+                                 tf.int32)
         return out
 
     return fn(dataset)

@@ -523,12 +523,11 @@ def _preprocessors(info: TaskInfo) -> list[Callable]:
     if info.format == "t2t":
         return [
             functools.partial(
-                preprocessors.t2t_text,
+                preprocessors.t2t_tokenize,
                 prefix=info.prefix,
                 fields=info.fields,
                 label_names=info.label_names,
             ),  # fmt: skip
-            preprocessors.tokenize_strings,
             seqio.preprocessors.append_eos_after_trim,
         ]
     return [
