@@ -20,7 +20,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tools import sample_text as st  # noqa: E402
-from tools.sample_lexicons import BASE, NC, PAWSX, QAM  # noqa: E402
+from tools.sample_lexicons import BASE, NC, PAWSX, QADSM, QAM  # noqa: E402
 
 XNLI15 = "ar bg de el en es fr hi ru sw th tr ur vi zh".split()
 # dataset -> (train languages, validation/test languages), from the data contract.
@@ -276,14 +276,30 @@ def test_pawsx_rule(lang):
     def actors(sentence: str) -> list[str]:
         return sorted((n for n in names if n in sentence), key=sentence.index)
 
+    negated = [v for v in PAWSX[lang]["negated"] if v not in PAWSX[lang]["verbs"]]
+    negation = PAWSX[lang].get("neg", "").strip()
+
+    def is_negated(sentence: str) -> bool:
+        if negation:
+            return re.search(rf"\b{negation}\b", sentence) is not None
+        return any(v in sentence for v in negated)
+
+    kinds = {"swapped": 0, "replaced": 0, "negated": 0}
     for row in st.records("pawsx", lang, "validation", 120, seed=5):
         a1, a2 = actors(row["sentence1"]), actors(row["sentence2"])
         assert len(a1) == 2 and len(a2) == 2, row
-        # Same people in the same roles <=> paraphrase; else roles swapped or a person replaced.
-        same = sorted(a1) == sorted(a2) and a1[0] == a2[0]
-        assert same == (row["label"] == 1), row
-        if row["label"] == 0 and sorted(a1) == sorted(a2):
-            assert a1[0] != a2[0], row
+        assert not is_negated(row["sentence1"]), row
+        # Same people in the same roles, verb not negated <=> paraphrase; else the roles are
+        # swapped, a person is replaced, or the verb is negated (exactly one of them).
+        same_people, same_roles = sorted(a1) == sorted(a2), a1[0] == a2[0]
+        neg = is_negated(row["sentence2"])
+        assert (same_people and same_roles and not neg) == (row["label"] == 1), row
+        if row["label"] == 0:
+            kind = "negated" if neg else "replaced" if not same_people else "swapped"
+            assert sum([neg, not same_people, same_people and not same_roles]) == 1, row
+            kinds[kind] += 1
+    assert all(kinds.values()), kinds
+    assert kinds["negated"] > max(kinds["swapped"], kinds["replaced"]), kinds
 
 
 @pytest.mark.parametrize("lang", CONTRACT["nc"][1])
@@ -301,6 +317,11 @@ def test_qadsm_rule(lang):
     for row in st.records("qadsm", lang, "test", 120, seed=5):
         overlap = set(words(row["query"])) & set(words(row["ad_title"] + " " + row["ad_description"]))
         assert bool(overlap) == (row["relevance_label"] == "Good"), (row, overlap)
+    ads = [r["ad_title"] + " " + r["ad_description"] for r in st.records("qadsm", lang, "test", 120, seed=5)
+           if r["relevance_label"] == "Bad"]
+    products = QADSM[lang]["products"]
+    without = sum(not any(contains(ad, p, lang) for p in products) for ad in ads)
+    assert 0 < without < len(ads), "Bad ads: some sell another product, some name none"
 
 
 @pytest.mark.parametrize("lang", CONTRACT["qam"][1])
@@ -309,6 +330,10 @@ def test_qam_rule(lang):
     for row in st.records("qam", lang, "test", 120, seed=5):
         asked = max((e for e in entities if contains(row["question"], e, lang)), key=len)
         assert contains(row["answer"], asked, lang) == (row["label"] == "True"), row
+    misses = [r["answer"] for r in st.records("qam", lang, "test", 120, seed=5)
+              if r["label"] == "False"]
+    about_nothing = sum(not any(contains(a, e, lang) for e in entities) for a in misses)
+    assert 0 < about_nothing < len(misses), "False passages: some about another entity, some none"
 
 
 @pytest.mark.parametrize("lang", CONTRACT["wpr"][1])
@@ -357,6 +382,9 @@ def test_ctkfacts_rule(split):
     refuted = [r for r in rows if r["label"] == "REFUTES"]
     assert any(re.search(r"\bne\w+", r["claim"]) is None and re.search(r"\d", r["claim"])
                for r in refuted), "both refutation kinds (number, negation) occur"
+    unrelated = [r for r in rows if r["label"] == "NOT ENOUGH INFO" and re.search(r"\d", r["claim"])]
+    assert any(not re.search(r"\d", " ".join(r["evidence"])) for r in unrelated), (
+        "some NOT ENOUGH INFO evidence for a figure names no figure at all")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,13 +8,21 @@ learn in every language:
 - xnli: hypothesis restates the premise -> entailment; the restatement negated -> contradiction;
   it names an object or place the premise does not mention -> neutral.
 - pawsx: sentence2 moves the time/place phrase of sentence1 -> same (1); it also swaps who acts
-  on whom, or (two times in three) puts another person in one of the roles -> different (0).
+  on whom, puts another person in one of the roles, or (half the time) negates the verb ->
+  different (0).
 - nc: the category whose keyword list has the most whole-word hits in title + body.
-- qadsm: Good iff the ad title + description contains a word of the query.
-- qam: True iff the passage mentions the entity the question asks about.
+- qadsm: Good iff the ad title + description contains a word of the query (half the Bad ads sell
+  another product, half name no product).
+- qam: True iff the passage mentions the entity the question asks about (half the False passages
+  mention another entity, half none).
 - wpr: grade = number of the query's four terms found in title + snippet (0 Bad .. 4 Perfect).
 - ctkfacts_nli: SUPPORTS iff an evidence sentence equals the claim; REFUTES iff one differs from
   it only by a negated verb or a different number; NOT ENOUGH INFO otherwise.
+
+Each rule has a part that needs matching across the two texts and, for the negative class, a
+part a bag-of-words model can find (a negation, an ad or passage about nothing asked, evidence of
+another kind): the from-scratch demo model learns the latter within its few minutes, a pretrained
+one both.
 
 Same seed -> identical output (pure Python ``random.Random`` seeded from a SHA-256 of the
 arguments; no dependence on ``PYTHONHASHSEED``).
@@ -186,9 +194,9 @@ def _xnli(lang: str, n: int, rng: random.Random) -> list[dict]:
 
 
 def _pawsx_sentence(lang: str, template: str, actor: str, patient: str, verb: str, place: str,
-                    time: str) -> str:
+                    time: str, neg: str = "") -> str:
     return _tidy(template.format(a=actor, b=patient, verb=verb, place=place, time=time,
-                                 Place=_cap(place), Time=_cap(time)))
+                                 Place=_cap(place), Time=_cap(time), neg=neg))
 
 
 def _pawsx(lang: str, n: int, rng: random.Random) -> list[dict]:
@@ -196,18 +204,23 @@ def _pawsx(lang: str, n: int, rng: random.Random) -> list[dict]:
     rows = []
     for label in _balanced(LABELS["pawsx"], n, rng):
         a, b, c = rng.sample(lex["names"], 3)
-        verb = rng.choice(lex["verbs"])
+        v = rng.randrange(len(lex["verbs"]))
         place, time = rng.choice(base["places"]), rng.choice(base["times"])
         # Always another word order, for both labels: template identity is no cue.
         t1, t2 = rng.sample(range(len(lex["templates"])), 2)
-        s1 = _pawsx_sentence(lang, lex["templates"][t1], a, b, verb, place, time)
-        # Not a paraphrase: the roles swapped (PAWS's own kind) or, two times in three, another
-        # person in one of the roles (a lexical cue a small model trained briefly can find).
-        if label == 1:
-            actor, patient = a, b
-        else:
-            actor, patient = rng.choice(((b, a), (c, b), (a, c)))
-        s2 = _pawsx_sentence(lang, lex["templates"][t2], actor, patient, verb, place, time)
+        s1 = _pawsx_sentence(lang, lex["templates"][t1], a, b, lex["verbs"][v], place, time)
+        # Not a paraphrase: the roles swapped (PAWS's own kind), another person in a role, or
+        # (half the time) the verb negated, a lexical cue a small model trained briefly finds.
+        actor, patient, verb, neg = a, b, lex["verbs"][v], ""
+        if label == 0:
+            kind = rng.choice(("swap", "replace", "negate", "negate"))
+            if kind == "swap":
+                actor, patient = b, a
+            elif kind == "replace":
+                actor, patient = rng.choice(((c, b), (a, c)))
+            else:
+                verb, neg = lex["negated"][v], lex.get("neg", "")
+        s2 = _pawsx_sentence(lang, lex["templates"][t2], actor, patient, verb, place, time, neg)
         rows.append({"sentence1": s1, "sentence2": s2, "label": label})
     return rows
 
@@ -296,10 +309,14 @@ def _qadsm(lang: str, n: int, rng: random.Random) -> list[dict]:
         shown = product if label == "Good" else rng.choice(
             [p for p in lex["products"] if p != product])
         brand = rng.choice(lex["brands"])
+        # Half the Bad ads sell another product, half are store ads that name none.
+        generic = label == "Bad" and rng.random() < 0.5
+        titles = lex["generic_titles"] if generic else lex["titles"]
+        descriptions = lex["generic_descriptions"] if generic else lex["descriptions"]
         rows.append({
             "query": query,
-            "ad_title": _cap(rng.choice(lex["titles"]).format(product=shown, brand=brand)),
-            "ad_description": _cap(rng.choice(lex["descriptions"]).format(product=shown)),
+            "ad_title": _cap(rng.choice(titles).format(product=shown, brand=brand)),
+            "ad_description": _cap(rng.choice(descriptions).format(product=shown)),
             "relevance_label": label,
         })
     return rows
@@ -313,7 +330,9 @@ def _qam(lang: str, n: int, rng: random.Random) -> list[dict]:
         about = asked if label == "True" else rng.choice(
             [e for e in lex["entities"] if e != asked])
         sentences = [a.format(x=about) for a in rng.sample(lex["answers"], rng.randint(1, 2))]
-        sentences += rng.sample(lex["fillers"], rng.randint(1, 2))
+        if label == "False" and rng.random() < 0.5:  # half the misses are about nothing at all
+            sentences = []
+        sentences += rng.sample(lex["fillers"], rng.randint(1, 2) + (not sentences))
         rng.shuffle(sentences)
         rows.append({"question": rng.choice(lex["questions"]).format(x=asked),
                      "answer": " ".join(sentences), "label": label})
@@ -359,8 +378,9 @@ def _fact(rng: random.Random, template: tuple[str, int, int], town: tuple[str, s
     return text.format(town=town[0], loc=town[1], n=value)
 
 
-def _ctk_claim(rng: random.Random, label: str) -> tuple[str, str | None, list[str]]:
-    """(claim, the evidence sentence that decides it or None, unrelated sentences)."""
+def _ctk_claim(rng: random.Random, label: str) -> tuple[str, str | None, list[str], list[str]]:
+    """(claim, the evidence sentence that decides it or None, unrelated sentences of the
+    claim's kind, sentences of the other kind: numeric facts for an event claim and back)."""
     if rng.random() < 0.5:  # event claim, refuted by negation
         parts = _pick_clause("cs", rng)
         claim = render_clause("cs", parts)
@@ -368,6 +388,7 @@ def _ctk_claim(rng: random.Random, label: str) -> tuple[str, str | None, list[st
         others = [render_clause("cs", _pick_clause("cs", rng, avoid_objects=(parts["obj"],),
                                                    avoid_subjects=(parts["subj"],)))
                   for _ in range(2)]
+        other_kind = [_fact(rng, rng.choice(NUMERIC_FACTS), rng.choice(TOWNS)) for _ in range(2)]
     else:  # numeric fact, refuted by another value
         template = rng.choice(NUMERIC_FACTS)
         town = rng.choice(TOWNS)
@@ -379,15 +400,19 @@ def _ctk_claim(rng: random.Random, label: str) -> tuple[str, str | None, list[st
         key = {"SUPPORTS": claim, "REFUTES": _fact(rng, template, town, wrong)}.get(label)
         others = [_fact(rng, rng.choice([t for t in NUMERIC_FACTS if t != template]),
                         rng.choice([t for t in TOWNS if t != town])) for _ in range(2)]
-    return claim, key, others
+        other_kind = [render_clause("cs", _pick_clause("cs", rng)) for _ in range(2)]
+    return claim, key, others, other_kind
 
 
 def _ctkfacts(n: int, rng: random.Random, first_id: int) -> list[dict]:
     rows = []
     for i, label in enumerate(_balanced(LABELS["ctkfacts_nli"], n, rng)):
-        claim, key, others = _ctk_claim(rng, label)
+        claim, key, others, other_kind = _ctk_claim(rng, label)
         # Three or four evidence sentences, as many for every label (the count is no cue), so
-        # that claim and evidence fit the demo's 96 input tokens.
+        # that claim and evidence fit the demo's input length. Half the NOT ENOUGH INFO
+        # evidence is of the other kind (no event for an event claim, no figure for a figure).
+        if key is None and rng.random() < 0.5:
+            others = other_kind
         pool = others[: 1 if key is not None else 2] + rng.sample(BACKGROUND, rng.randint(1, 2))
         rng.shuffle(pool)
         paragraphs = [pool[j::k] for k in [rng.randint(1, 2)] for j in range(k)]

@@ -19,6 +19,10 @@ QADSM: dict[str, dict] = {
                          "Hundreds of {product} models with a two-year warranty.",
                          "Visit our store and find the right {product} for you.",
                          "Fast shipping on every {product}. Easy returns within 30 days."],
+        # Store ads that name no product (a Bad ad for any query).
+        "generic_titles": ["{brand}: big seasonal sale", "{brand} - official online store"],
+        "generic_descriptions": ["Thousands of offers for the whole family.",
+                                 "Sign up today and save on your next order."],
     },
     "de": {
         "products": ["Laptop", "Laufschuhe", "Sofa", "Fahrrad", "Armbanduhr", "Winterjacke",
@@ -35,6 +39,9 @@ QADSM: dict[str, dict] = {
                          "Besuchen Sie unseren Shop und finden Sie das passende Angebot: "
                          "{product}.",
                          "Schneller Versand für die Kategorie {product}. Rückgabe in 30 Tagen."],
+        "generic_titles": ["{brand}: großer Saisonverkauf", "{brand} - offizieller Online-Shop"],
+        "generic_descriptions": ["Tausende Angebote für die ganze Familie.",
+                                 "Jetzt anmelden und bei der nächsten Bestellung sparen."],
     },
     "fr": {
         "products": ["ordinateur", "baskets", "canapé", "vélo", "montre", "veste", "casque",
@@ -50,6 +57,9 @@ QADSM: dict[str, dict] = {
                          "Visitez notre boutique et trouvez l'offre qui vous convient : "
                          "{product}.",
                          "Expédition rapide pour la catégorie {product}. Retour sous 30 jours."],
+        "generic_titles": ["{brand} : grande vente de saison", "{brand} - boutique officielle en ligne"],
+        "generic_descriptions": ["Des milliers d'offres pour toute la famille.",
+                                 "Inscrivez-vous et économisez sur votre prochaine commande."],
     },
 }
 
