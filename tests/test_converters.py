@@ -17,7 +17,6 @@ from mtl_jax.data.converters import (
     EncDecConverter,
     longest_first,
     task_id_map,
-    truncate_longest_first,
 )
 
 HEADS = ("xnli", "pawsx", "mc4")
@@ -180,7 +179,7 @@ def test_passthrough_keeps_query_ids():
 
 def test_longest_first_keeps_the_budget():
     for la, lb, budget in itertools.product(range(0, 9), range(0, 9), range(0, 12)):
-        na, nb = truncate_longest_first(la, lb, budget)
+        na, nb = longest_first((la, lb), budget)
         assert 0 <= na <= la and 0 <= nb <= lb
         assert na + nb == min(la + lb, budget)
         if na < la and nb < lb:  # both cut: they end up within one token of each other

@@ -332,12 +332,6 @@ def longest_first(lengths: Sequence[int], budget: int) -> list[int]:
     return kept
 
 
-def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Kept lengths of a text pair cut to ``budget`` tokens (:func:`longest_first` of two)."""
-    na, nb = longest_first((len_a, len_b), budget)
-    return na, nb
-
-
 def xlmr_input_ids(
     text: Sequence[int],
     text_pair: Sequence[int] | None,
@@ -354,7 +348,7 @@ def xlmr_input_ids(
         return [bos_id, *a[: max_length - 2], eos_id]
     if max_length < 4:
         raise ValueError(f"max_length {max_length} leaves no room for <s> </s></s> </s>")
-    na, nb = truncate_longest_first(len(a), len(b), max_length - 4)
+    na, nb = longest_first((len(a), len(b)), max_length - 4)
     return [bos_id, *a[:na], eos_id, eos_id, *b[:nb], eos_id]
 
 
