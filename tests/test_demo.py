@@ -1,11 +1,15 @@
-"""The README's main job: the demo mT5 trains from scratch; its scores against chance.
+"""The README's demos learn every task they train on, on any seed and CPU.
 
 A task is scored, as in the results table, by the mean of its primary metric over the languages
-it trains on (XNLI: all 15, through XNLI_mix; CTKFacts: cs; the other XGLUE tasks: en). Its
-chance level comes from the validation labels themselves: the better of always predicting the
-majority class and the 99th percentile of 500 uniformly random predictors (random scores for
-nDCG), each averaged over the same languages. Zero-shot transfer to the other languages is not
-asserted: a model trained from scratch has no multilingual pretraining.
+the demo trains it on (XNLI: all 15, through XNLI_mix; CTKFacts: cs; the other XGLUE tasks: en).
+Its chance level comes from the validation labels themselves (``mtl_jax.evaluation.chance``): the
+better of always predicting the majority class and the 99th percentile of 500 random predictors.
+Each task must beat it by ``MARGIN``, a margin the 5-seed sweeps in docs/demo.md support (with and
+without fast-math XLA rounding). Zero-shot transfer to other languages is not asserted: a model
+trained from scratch has no multilingual pretraining.
+
+The default stage runs the README's first command as written (only MODEL_DIR moved to a temporary
+directory and the progress bar off) and the XLM-R demo, seed 0; the slow stage runs seeds 1-4.
 """
 
 from __future__ import annotations
@@ -14,89 +18,66 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mtl_jax.evaluation import metrics as M
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
-STEPS = int(os.environ.get("MTL_JAX_DEMO_STEPS", "600"))
-TRAIN_LANGUAGES = {"xnli": None, "ctkfacts_nli": {"cs"}}  # None = every language
-DEFAULT_TRAIN_LANGUAGES = {"en"}
+from tools import demo_sweep  # noqa: E402
+
+DEMOS = {"demo_mt5.gin": "demo_t2t", "demo_xlmr.gin": "demo_cls"}
+TRAINED = {"xnli": 15, "pawsx": 1, "nc": 1, "qadsm": 1, "qam": 1, "wpr": 1, "ctkfacts_nli": 1}
+# Smallest (score - chance) over 5 seeds x 2 XLA settings x 2 demos was measured at least
+# 3x this (docs/demo.md); a task this close to chance means the demo stopped learning it.
+MARGIN = 0.05
+EVALUATION_CELLS = 41  # XNLI 15, PAWS-X 7, NC 5, QADSM 3, QAM 3, WPR 7, CTKFacts 1
 
 
-def _chance_draws(info, examples, rng: np.random.Generator) -> tuple[float, np.ndarray]:
-    """(majority-class score, 500 random-predictor scores) of one evaluation cell."""
-    labels = np.array([int(e["label"]) for e in examples])
-    primary = info.metrics[0]
-    k = info.num_classes
-    if primary == "ndcg":
-        groups = np.array([int(e["query_id"]) for e in examples])
-        draws = [M.ndcg(labels, rng.random(len(labels)), groups=groups) for _ in range(500)]
-        return -np.inf, np.array(draws)
-    fn = M.METRICS[primary]
-    kwargs = {"classes": list(range(k))} if primary in ("macro_f1", "micro_f1") else {}
-    majority = fn(labels, np.full_like(labels, np.bincount(labels, minlength=k).argmax()), **kwargs)
-    draws = [fn(labels, rng.integers(0, k, len(labels)), **kwargs) for _ in range(500)]
-    return float(majority), np.array(draws)
+def _run_demo(gin_file: str, model_dir: Path, seed: int | None) -> dict:
+    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "mtl_jax.train", f"--gin_file={gin_file}",
+           f"--gin_param=TrainConfig.model_dir={model_dir}", "--gin_param=TrainConfig.progress=False"]
+    if seed is not None:
+        cmd.append(f"--gin_param=TrainConfig.seed={seed}")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Validation results at the best step" in proc.stdout
+    return json.loads((model_dir / "results.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def demo_cells(tmp_path_factory):
-    """Run the shortened demo once; return {(task, language): (score, majority, draws, trained)}."""
-    model_dir = tmp_path_factory.mktemp("demo") / "run"
-    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
-    cmd = [
-        sys.executable, "-m", "mtl_jax.train", "--gin_file=demo_mt5.gin",
-        f"--gin_param=TrainConfig.model_dir={model_dir}",
-        f"--gin_param=TrainConfig.num_steps={STEPS}",
-        f"--gin_param=TrainConfig.eval_every={STEPS}",
-        "--gin_param=TrainConfig.progress=False",
+def chances() -> dict[str, dict]:
+    return {gin: demo_sweep.task_chances(mixture) for gin, mixture in DEMOS.items()}
+
+
+def _assert_learns(report: dict, chance: dict[str, dict], what: str) -> None:
+    assert {t: len(c["languages"]) for t, c in chance.items()} == TRAINED
+    scores = demo_sweep.task_scores(report, chance)
+    failures = [
+        f"{task}: {scores[task]:.3f} <= chance {c['chance']:.3f} + margin {MARGIN} "
+        f"(majority {c['majority']:.3f}, random p99 {c['random_p99']:.3f})"
+        for task, c in sorted(chance.items()) if not scores[task] > c["chance"] + MARGIN
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3000)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Validation results at the best step" in proc.stdout
-    report = json.loads((model_dir / "results.json").read_text())
+    assert not failures, f"{what}:\n" + "\n".join(failures)
+    # The table is complete: every (task, language) validation cell has a finite score.
+    cells = [v for langs in report["metrics"].values() for metrics in langs.values()
+             for v in metrics.values()]
+    assert sum(len(langs) for langs in report["metrics"].values()) == EVALUATION_CELLS
+    assert np.isfinite(cells).all()
 
-    from mtl_jax.data import eval_sets, mixtures, tasks
-
-    rng = np.random.default_rng(0)
-    cells = {}
-    for name in mixtures.mixture_info("demo_t2t").evaluation_tasks:
-        info = tasks.task_info(name)
-        langs = TRAIN_LANGUAGES.get(info.dataset, DEFAULT_TRAIN_LANGUAGES)
-        examples = eval_sets.load_examples(name, "validation", {"inputs": 128, "targets": 16})
-        score = report["metrics"][info.dataset][info.language][info.metrics[0]]
-        trained = langs is None or info.language in langs
-        cells[(info.dataset, info.language)] = (score, *_chance_draws(info, examples, rng), trained)
-    return cells
+@pytest.mark.parametrize("gin_file", sorted(DEMOS))
+def test_demo_as_in_the_readme_learns_every_task(gin_file, chances, tmp_path):
+    report = _run_demo(gin_file, tmp_path / "run", seed=None)
+    _assert_learns(report, chances[gin_file], f"{gin_file} (default seed)")
 
 
-def test_demo_learns_well_above_chance_overall(demo_cells):
-    """The model-selection score (mean over all 41 cells) beats the mean chance level, and so does
-    the mean over the cells of the languages the demo trains on."""
-    scores = np.array([v[0] for v in demo_cells.values()])
-    expected = np.array([max(v[1], v[2].mean()) for v in demo_cells.values()])
-    trained = np.array([v[3] for v in demo_cells.values()])
-    assert len(scores) == 41
-    assert scores.mean() > expected.mean(), (scores.mean(), expected.mean())
-    assert scores[trained].mean() > expected[trained].mean() + 0.05, (
-        scores[trained].mean(), expected[trained].mean())
-
-
-def test_demo_beats_chance_on_every_task(demo_cells):
-    by_task: dict[str, list] = {}
-    for (task, lang), (score, majority, draws, trained) in demo_cells.items():
-        if trained:
-            by_task.setdefault(task, []).append((lang, score, majority, draws))
-    assert {t: len(v) for t, v in by_task.items()} == {
-        "xnli": 15, "pawsx": 1, "nc": 1, "qadsm": 1, "qam": 1, "wpr": 1, "ctkfacts_nli": 1}
-    failures = []
-    for task, cells in sorted(by_task.items()):
-        score = np.mean([c[1] for c in cells])
-        draws = np.mean([c[3] for c in cells], axis=0)  # the task score of a random predictor
-        chance = max(np.mean([c[2] for c in cells]), np.quantile(draws, 0.99))
-        if not score > chance:
-            per_language = ", ".join(f"{lang} {s:.3f}" for lang, s, *_ in cells)
-            failures.append(f"{task}: {score:.3f} <= chance {chance:.3f} (p99; {per_language})")
-    assert not failures, "\n".join(failures)
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize("gin_file", sorted(DEMOS))
+def test_demo_learns_every_task_on_other_seeds(gin_file, seed, chances, tmp_path):
+    report = _run_demo(gin_file, tmp_path / "run", seed=seed)
+    _assert_learns(report, chances[gin_file], f"{gin_file} seed {seed}")

@@ -299,7 +299,7 @@ def test_pawsx_rule(lang):
             assert sum([neg, not same_people, same_people and not same_roles]) == 1, row
             kinds[kind] += 1
     assert all(kinds.values()), kinds
-    assert kinds["negated"] > max(kinds["swapped"], kinds["replaced"]), kinds
+    assert kinds["negated"] > kinds["swapped"] + kinds["replaced"], kinds  # most are negated
 
 
 @pytest.mark.parametrize("lang", CONTRACT["nc"][1])
@@ -321,7 +321,7 @@ def test_qadsm_rule(lang):
            if r["relevance_label"] == "Bad"]
     products = QADSM[lang]["products"]
     without = sum(not any(contains(ad, p, lang) for p in products) for ad in ads)
-    assert 0 < without < len(ads), "Bad ads: some sell another product, some name none"
+    assert len(ads) / 2 < without < len(ads), "Bad ads: most name no product, some sell another"
 
 
 @pytest.mark.parametrize("lang", CONTRACT["qam"][1])
@@ -333,7 +333,8 @@ def test_qam_rule(lang):
     misses = [r["answer"] for r in st.records("qam", lang, "test", 120, seed=5)
               if r["label"] == "False"]
     about_nothing = sum(not any(contains(a, e, lang) for e in entities) for a in misses)
-    assert 0 < about_nothing < len(misses), "False passages: some about another entity, some none"
+    assert len(misses) / 2 < about_nothing < len(misses), (
+        "False passages: most about no entity, some about another")
 
 
 @pytest.mark.parametrize("lang", CONTRACT["wpr"][1])
@@ -379,9 +380,10 @@ def test_ctkfacts_rule(split):
         else:
             expected = "NOT ENOUGH INFO"
         assert row["label"] == expected, row
+        assert 2 <= len(sentences) <= 3, row  # short enough for the demos' input lengths
     refuted = [r for r in rows if r["label"] == "REFUTES"]
-    assert any(re.search(r"\bne\w+", r["claim"]) is None and re.search(r"\d", r["claim"])
-               for r in refuted), "both refutation kinds (number, negation) occur"
+    by_number = sum(re.search(r"\d", r["claim"]) is not None for r in refuted)
+    assert 0 < by_number < len(refuted) / 2, "both refutation kinds occur, mostly by negation"
     unrelated = [r for r in rows if r["label"] == "NOT ENOUGH INFO" and re.search(r"\d", r["claim"])]
     assert any(not re.search(r"\d", " ".join(r["evidence"])) for r in unrelated), (
         "some NOT ENOUGH INFO evidence for a figure names no figure at all")

@@ -8,13 +8,13 @@ learn in every language:
 - xnli: hypothesis restates the premise -> entailment; the restatement negated -> contradiction;
   it names an object or place the premise does not mention -> neutral.
 - pawsx: sentence2 moves the time/place phrase of sentence1 -> same (1); it also swaps who acts
-  on whom, puts another person in one of the roles, or (half the time) negates the verb ->
-  different (0).
+  on whom, puts another person in one of the roles, or (mostly: ``LEXICAL_SHARE``) negates the
+  verb -> different (0).
 - nc: the category whose keyword list has the most whole-word hits in title + body.
-- qadsm: Good iff the ad title + description contains a word of the query (half the Bad ads sell
-  another product, half name no product).
-- qam: True iff the passage mentions the entity the question asks about (half the False passages
-  mention another entity, half none).
+- qadsm: Good iff the ad title + description contains a word of the query (most Bad ads name no
+  product, the rest sell another one).
+- qam: True iff the passage mentions the entity the question asks about (most False passages
+  mention no entity, the rest another one).
 - wpr: grade = number of the query's four terms found in title + snippet (0 Bad .. 4 Perfect).
 - ctkfacts_nli: SUPPORTS iff an evidence sentence equals the claim; REFUTES iff one differs from
   it only by a negated verb or a different number; NOT ENOUGH INFO otherwise.
@@ -100,6 +100,13 @@ LABELS: dict[str, tuple] = {
 }
 
 _NO_SPACE = ("zh", "ja", "th")  # scripts written without spaces between words
+# The share of PAWS-X / QADSM / QAM negatives and of CTKFacts REFUTES / NOT ENOUGH INFO rows whose
+# label a bag-of-words model can find (a negated verb, an ad or passage naming nothing asked,
+# evidence of another kind); the rest need matching across the two texts. At 3/4 the lexical part
+# alone reaches 87.5% on the binary tasks and ~0.84 macro-F1 on CTKFacts, far enough above chance
+# that a small model trained from scratch for minutes shows learning on every seed and CPU; at
+# 1/2 (the first choice) it capped them at 75% / 0.67, within noise of chance at 80 rows.
+LEXICAL_SHARE = 0.75
 
 
 def _rng(*keys: object) -> random.Random:
@@ -213,7 +220,7 @@ def _pawsx(lang: str, n: int, rng: random.Random) -> list[dict]:
         # (half the time) the verb negated, a lexical cue a small model trained briefly finds.
         actor, patient, verb, neg = a, b, lex["verbs"][v], ""
         if label == 0:
-            kind = rng.choice(("swap", "replace", "negate", "negate"))
+            kind = "negate" if rng.random() < LEXICAL_SHARE else rng.choice(("swap", "replace"))
             if kind == "swap":
                 actor, patient = b, a
             elif kind == "replace":
@@ -309,8 +316,8 @@ def _qadsm(lang: str, n: int, rng: random.Random) -> list[dict]:
         shown = product if label == "Good" else rng.choice(
             [p for p in lex["products"] if p != product])
         brand = rng.choice(lex["brands"])
-        # Half the Bad ads sell another product, half are store ads that name none.
-        generic = label == "Bad" and rng.random() < 0.5
+        # Most Bad ads (LEXICAL_SHARE) are store ads that name no product, the rest sell another.
+        generic = label == "Bad" and rng.random() < LEXICAL_SHARE
         titles = lex["generic_titles"] if generic else lex["titles"]
         descriptions = lex["generic_descriptions"] if generic else lex["descriptions"]
         rows.append({
@@ -330,7 +337,7 @@ def _qam(lang: str, n: int, rng: random.Random) -> list[dict]:
         about = asked if label == "True" else rng.choice(
             [e for e in lex["entities"] if e != asked])
         sentences = [a.format(x=about) for a in rng.sample(lex["answers"], rng.randint(1, 2))]
-        if label == "False" and rng.random() < 0.5:  # half the misses are about nothing at all
+        if label == "False" and rng.random() < LEXICAL_SHARE:  # most misses are about nothing
             sentences = []
         sentences += rng.sample(lex["fillers"], rng.randint(1, 2) + (not sentences))
         rng.shuffle(sentences)
@@ -381,7 +388,7 @@ def _fact(rng: random.Random, template: tuple[str, int, int], town: tuple[str, s
 def _ctk_claim(rng: random.Random, label: str) -> tuple[str, str | None, list[str], list[str]]:
     """(claim, the evidence sentence that decides it or None, unrelated sentences of the
     claim's kind, sentences of the other kind: numeric facts for an event claim and back)."""
-    if rng.random() < 0.5:  # event claim, refuted by negation
+    if rng.random() < LEXICAL_SHARE:  # event claim, refuted by negation
         parts = _pick_clause("cs", rng)
         claim = render_clause("cs", parts)
         key = {"SUPPORTS": claim, "REFUTES": render_clause("cs", parts, negated=True)}.get(label)
@@ -408,17 +415,16 @@ def _ctkfacts(n: int, rng: random.Random, first_id: int) -> list[dict]:
     rows = []
     for i, label in enumerate(_balanced(LABELS["ctkfacts_nli"], n, rng)):
         claim, key, others, other_kind = _ctk_claim(rng, label)
-        # Three or four evidence sentences, as many for every label (the count is no cue), so
-        # that claim and evidence fit the demo's input length. Half the NOT ENOUGH INFO
-        # evidence is of the other kind (no event for an event claim, no figure for a figure).
-        if key is None and rng.random() < 0.5:
+        # Two or three evidence sentences, as many for every label (the count is no cue), so
+        # that claim and evidence fit the demo's shortest input length (XLM-R's 96 tokens). Most
+        # NOT ENOUGH INFO evidence (LEXICAL_SHARE) is of the other kind (no event for an event
+        # claim, no figure for a figure).
+        if key is None and rng.random() < LEXICAL_SHARE:
             others = other_kind
-        pool = others[: 1 if key is not None else 2] + rng.sample(BACKGROUND, rng.randint(1, 2))
+        pool = others[: 1 if key is not None else 2] + rng.sample(BACKGROUND, rng.randint(0, 1))
+        pool += [key] if key is not None else []
         rng.shuffle(pool)
         paragraphs = [pool[j::k] for k in [rng.randint(1, 2)] for j in range(k)]
-        if key is not None:
-            target = rng.choice(paragraphs)
-            target.insert(rng.randint(0, len(target)), key)
         rows.append({"id": first_id + i, "claim": claim,
                      "evidence": [" ".join(p) for p in paragraphs], "label": label})
     return rows
