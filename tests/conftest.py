@@ -1,4 +1,5 @@
-"""Test-wide setup: 8 fake CPU devices (set before jax is imported) and the shared real data."""
+"""Test-wide setup: 8 fake CPU devices (set before jax is imported), the shared real data, and
+the opt-in `fast_compiles` fixture. Shared helper functions live in `helpers.py`."""
 
 from __future__ import annotations
 
@@ -24,3 +25,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA} (set MTL_JAX_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+    """``jax_disable_most_optimizations`` for one module, restored afterwards: XLA compile time
+    dominates on 2 cores (the sharding passes still run). A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("fast_compiles")``."""
+    import jax
+
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import jax
 import numpy as np
 import pytest
@@ -22,10 +23,6 @@ import torch
 import transformers
 from flax import nnx
 from safetensors.numpy import load_file
-from test_t5_parity import LOGIT_ATOL, LOGIT_RTOL, assert_close, make_hf
-from test_t5_parity import forward as t5_forward
-from test_xlmr_parity import HF_CONFIGS, hf_xlmr, random_model
-from test_xlmr_parity import forward as xlmr_forward
 
 from mtl_jax.convert import main, random_t5_inputs
 from mtl_jax.models import checkpoint_io, hf_t5
@@ -39,31 +36,17 @@ from mtl_jax.training import train_state as ts
 from mtl_jax.training.checkpoints import CheckpointStore
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Compile time dominates on 2 cores; both sides of every comparison compile the same way."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+HF_CONFIGS = helpers.XLMR_HF_CONFIGS
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _tensors(directory: Path) -> dict[str, np.ndarray]:
     return load_file(str(directory / "model.safetensors"))
 
 
-def _assert_same_tensors(got: dict[str, np.ndarray], want: dict[str, np.ndarray], where: str) -> None:
-    assert sorted(got) == sorted(want), (where, set(got) ^ set(want))
-    for key, value in want.items():
-        assert got[key].dtype == value.dtype and got[key].shape == value.shape, (where, key)
-        assert np.array_equal(got[key], value), (where, key)
-
-
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1",
-           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # as _fast_compiles, for the child
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # as fast_compiles, for the child
     return subprocess.run([sys.executable, "-m", "mtl_jax.convert", *map(str, args)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
 
@@ -75,7 +58,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_mt5_untied_round_trip_through_the_cli_subprocess(tmp_path):
     src, ours, back = tmp_path / "hf", tmp_path / "ours", tmp_path / "back"
-    make_hf("mt5_a").save_pretrained(src)
+    helpers.make_hf("mt5_a").save_pretrained(src)
     done = _run_cli("hf-to-jax", src, ours, "--verify")
     assert done.returncode == 0, done.stderr
     # Progress on stderr (with timings), verification table on stdout.
@@ -88,7 +71,7 @@ def test_mt5_untied_round_trip_through_the_cli_subprocess(tmp_path):
     assert record["config"]["model_type"] == "mt5" and not record["config"]["tie_word_embeddings"]
 
     assert main(["jax-to-hf", str(ours), str(back)]) == 0
-    _assert_same_tensors(_tensors(back), _tensors(src), "mt5")
+    helpers.assert_same_tensors(_tensors(back), _tensors(src), "mt5")
     assert "lm_head.weight" in _tensors(back)  # untied head kept as its own tensor
     reloaded = transformers.AutoModelForSeq2SeqLM.from_pretrained(back)
     assert type(reloaded).__name__ == "MT5ForConditionalGeneration"
@@ -96,12 +79,12 @@ def test_mt5_untied_round_trip_through_the_cli_subprocess(tmp_path):
 
 def test_t5_tied_round_trip(tmp_path):
     src, ours, back = tmp_path / "hf", tmp_path / "ours", tmp_path / "back"
-    make_hf("t5_relu_a").save_pretrained(src)
+    helpers.make_hf("t5_relu_a").save_pretrained(src)
     assert main(["hf-to-jax", str(src), str(ours)]) == 0
     model, config, family = load_converted(ours)
     assert family == "t5" and config.tie_word_embeddings and model.lm_head is None
     assert main(["jax-to-hf", str(ours), str(back)]) == 0
-    _assert_same_tensors(_tensors(back), _tensors(src), "t5 tied")
+    helpers.assert_same_tensors(_tensors(back), _tensors(src), "t5 tied")
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(back)
     assert hf.lm_head.weight is hf.shared.weight and hf.config.scale_decoder_outputs
 
@@ -118,10 +101,10 @@ def test_t5_tied_round_trip(tmp_path):
 
 def test_xlmr_base_model_round_trip_both_ways(tmp_path):
     src, ours, back, again = (tmp_path / n for n in ("hf", "ours", "back", "again"))
-    hf_xlmr("model", HF_CONFIGS[1], seed=4).save_pretrained(src)
+    helpers.hf_xlmr("model", HF_CONFIGS[1], seed=4).save_pretrained(src)
     assert main(["hf-to-jax", str(src), str(ours)]) == 0
     assert main(["jax-to-hf", str(ours), str(back)]) == 0
-    _assert_same_tensors(_tensors(back / "encoder"), _tensors(src), "xlmr encoder")
+    helpers.assert_same_tensors(_tensors(back / "encoder"), _tensors(src), "xlmr encoder")
     # The export layout converts back to the same parameters (ours -> HF -> ours).
     assert main(["hf-to-jax", str(back), str(again)]) == 0
     first, second = load_converted(ours), load_converted(again)
@@ -134,7 +117,7 @@ def test_xlmr_base_model_round_trip_both_ways(tmp_path):
 
 def test_xlmr_sequence_classification_round_trip_and_verify(tmp_path, capsys):
     src, ours, back = tmp_path / "hf", tmp_path / "ours", tmp_path / "back"
-    cls = hf_xlmr("cls", HF_CONFIGS[0], seed=5, num_labels=3)
+    cls = helpers.hf_xlmr("cls", HF_CONFIGS[0], seed=5, num_labels=3)
     cls.config.id2label = {0: "entailment", 1: "neutral", 2: "contradiction"}
     cls.config.label2id = {v: k for k, v in cls.config.id2label.items()}
     cls.save_pretrained(src)
@@ -144,7 +127,7 @@ def test_xlmr_sequence_classification_round_trip_and_verify(tmp_path, capsys):
     assert "encoder last_hidden_state" in out and "PASSED" in out, out
     print(out)
     assert main(["jax-to-hf", str(ours), str(back)]) == 0
-    _assert_same_tensors(_tensors(back / "xnli"), _tensors(src), "xlmr classifier")
+    helpers.assert_same_tensors(_tensors(back / "xnli"), _tensors(src), "xlmr classifier")
     exported = json.loads((back / "xnli" / "config.json").read_text())
     assert exported["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(back / "xnli")
@@ -154,13 +137,13 @@ def test_xlmr_sequence_classification_round_trip_and_verify(tmp_path, capsys):
 def test_xlmr_extra_heads_from_task_num_labels(tmp_path, capsys):
     """A classifier directory plus --task_num_labels: head 0 is the checkpoint's, others fresh."""
     src, ours, back = tmp_path / "hf", tmp_path / "ours", tmp_path / "back"
-    hf_xlmr("cls", HF_CONFIGS[0], seed=6, num_labels=3).save_pretrained(src)
+    helpers.hf_xlmr("cls", HF_CONFIGS[0], seed=6, num_labels=3).save_pretrained(src)
     rc = main(["hf-to-jax", str(src), str(ours), "--task_num_labels", "3,2", "--task_names", "a,b"])
     assert rc == 0
     assert "['b'] are freshly initialised" in capsys.readouterr().err
     assert load_converted(ours).config.task_num_labels == (3, 2)
     assert main(["jax-to-hf", str(ours), str(back)]) == 0
-    _assert_same_tensors(_tensors(back / "a"), _tensors(src), "head 0")
+    helpers.assert_same_tensors(_tensors(back / "a"), _tensors(src), "head 0")
     assert _tensors(back / "b")["classifier.out_proj.weight"].shape == (2, HF_CONFIGS[0]["hidden_size"])
 
 
@@ -171,7 +154,7 @@ def test_xlmr_extra_heads_from_task_num_labels(tmp_path, capsys):
 
 def test_verify_fails_on_one_corrupted_tensor(tmp_path, capsys):
     src, ours, bad = tmp_path / "hf", tmp_path / "ours", tmp_path / "bad"
-    make_hf("mt5_b").save_pretrained(src)
+    helpers.make_hf("mt5_b").save_pretrained(src)
     assert main(["hf-to-jax", str(src), str(ours), "--verify"]) == 0
     assert "PASSED" in capsys.readouterr().out
     assert main(["verify", str(ours), str(src)]) == 0
@@ -195,7 +178,7 @@ def test_verify_fails_on_one_corrupted_tensor(tmp_path, capsys):
 
 def test_verify_without_torch_is_a_clear_error(tmp_path, monkeypatch, capsys):
     src = tmp_path / "hf"
-    make_hf("mt5_c").save_pretrained(src)
+    helpers.make_hf("mt5_c").save_pretrained(src)
     monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" now raises ImportError
     assert main(["hf-to-jax", str(src), str(tmp_path / "out"), "--verify"]) == 2
     assert "--verify needs PyTorch" in capsys.readouterr().err
@@ -215,10 +198,6 @@ def _model_record(family: str, config, heads: list[str]) -> dict:
     fields = json.loads(json.dumps(dataclasses.asdict(config)))
     return {"family": family, "heads": heads,
             **{k: v for k, v in fields.items() if k not in _NOT_RECORDED}}
-
-
-def _host(tree):
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
 def test_jax_to_hf_from_sharded_t5_training_checkpoint(tmp_path, capsys):
@@ -245,8 +224,8 @@ def test_jax_to_hf_from_sharded_t5_training_checkpoint(tmp_path, capsys):
     before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
 
     def exported_equals(dst: Path, step: int) -> None:
-        flat = {tuple(p): v for p, v in nnx.to_flat_state(nnx.State(_host(states[step].params)))}
-        _assert_same_tensors(_tensors(dst), hf_t5.params_to_hf(flat, config), f"step {step}")
+        flat = {tuple(p): v for p, v in nnx.to_flat_state(nnx.State(helpers.host(states[step].params)))}
+        helpers.assert_same_tensors(_tensors(dst), hf_t5.params_to_hf(flat, config), f"step {step}")
 
     assert main(["jax-to-hf", str(run), str(tmp_path / "best")]) == 0  # default: best
     exported_equals(tmp_path / "best", 2)
@@ -271,15 +250,15 @@ def test_jax_to_hf_from_sharded_t5_training_checkpoint(tmp_path, capsys):
         ids = torch.from_numpy(enc).long()
         want = hf(input_ids=ids, attention_mask=(ids != 0).long(),
                   decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
-    trained = nnx.merge(graphdef, _host(states[2].params), _host(states[2].rest))
-    assert_close(t5_forward(trained, enc, dec), want, LOGIT_RTOL, LOGIT_ATOL,
-                 "training checkpoint's model vs its HF export")
+    trained = nnx.merge(graphdef, helpers.host(states[2].params), helpers.host(states[2].rest))
+    helpers.assert_close(helpers.t5_forward(trained, enc, dec), want, helpers.LOGIT_RTOL,
+                         helpers.LOGIT_ATOL, "training checkpoint's model vs its HF export")
 
 
 def test_jax_to_hf_from_xlmr_training_checkpoint_one_dir_per_head(tmp_path):
     config = XLMRConfig(**HF_CONFIGS[1], task_num_labels=(3, 2))
-    model = random_model(config, seed=7)
-    params = _host(checkpoint_io.params_of(model))
+    model = helpers.xlmr_random_model(config, seed=7)
+    params = helpers.host(checkpoint_io.params_of(model))
     optimizer = opt.make_optimizer("adamw", learning_rate=1e-3)
     state = ts.TrainState(step=np.int32(5), params=params, opt_state=optimizer.tx.init(params),
                           rest={}, rng=ts.seed_key(0))
@@ -301,9 +280,9 @@ def test_jax_to_hf_from_xlmr_training_checkpoint_one_dir_per_head(tmp_path):
         with torch.no_grad():
             want = hf(input_ids=torch.from_numpy(ids).long(),
                       attention_mask=torch.from_numpy(mask).long()).logits.numpy()
-        got = xlmr_forward(model, ids, mask, np.full((4,), task, np.int32))["logits"]
+        got = helpers.xlmr_forward(model, ids, mask, np.full((4,), task, np.int32))["logits"]
         got = got[:, : config.task_num_labels[task]]
-        assert_close(got, want, LOGIT_RTOL, LOGIT_ATOL, name)
+        helpers.assert_close(got, want, helpers.LOGIT_RTOL, helpers.LOGIT_ATOL, name)
     # --task_names renames the directories.
     assert main(["jax-to-hf", str(run), str(tmp_path / "renamed"), "--task_names", "n", "p"]) == 0
     assert (tmp_path / "renamed" / "n" / "config.json").is_file()
@@ -338,7 +317,7 @@ def test_bad_sources_are_named(tmp_path, capsys):
     err = _error(capsys, ["hf-to-jax", str(no_weights), dst, "--family", "xlmr"])
     assert "--family xlmr does not fit" in err
     mt5 = tmp_path / "mt5"
-    make_hf("mt5_c").save_pretrained(mt5)
+    helpers.make_hf("mt5_c").save_pretrained(mt5)
     assert "apply to XLM-R" in _error(capsys, ["hf-to-jax", str(mt5), dst, "--task_num_labels", "3"])
     assert "is neither a converted checkpoint" in _error(capsys, ["jax-to-hf", str(empty), dst])
     assert "does not exist" in _error(capsys, ["jax-to-hf", str(tmp_path / "missing"), dst])
@@ -347,7 +326,7 @@ def test_bad_sources_are_named(tmp_path, capsys):
 
 def test_destination_must_be_empty_unless_overwrite(tmp_path, capsys):
     src, dst = tmp_path / "hf", tmp_path / "dst"
-    make_hf("mt5_c").save_pretrained(src)
+    helpers.make_hf("mt5_c").save_pretrained(src)
     dst.mkdir()
     (dst / "notes.txt").write_text("mine")
     err = _error(capsys, ["hf-to-jax", str(src), str(dst)])

@@ -53,13 +53,7 @@ XLMR_RELU = XLMRConfig(vocab_size=500, hidden_size=256, num_hidden_layers=1, num
                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 XLMR_GELU = dataclasses.replace(XLMR_RELU, hidden_act="gelu")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def xla_flops(fn, *args) -> float:

@@ -188,16 +188,19 @@ def _expected_stats(lengths: list[int], limit: int) -> dict:
 
 
 def _hf_tokenizer(kind: str, tmp_path: Path):
-    transformers = pytest.importorskip("transformers")
+    """transformers' tokenizer over the bundled demo vocabulary of ``kind``."""
+    pytest.importorskip("transformers")
+    import helpers
+
     from mtl_jax.data import vocab
 
     d = tmp_path / kind
     d.mkdir()
     if kind == "mt5":
-        (d / "spiece.model").write_bytes(vocab.DEMO_T5_SPM.read_bytes())
-        return transformers.T5Tokenizer.from_pretrained(str(d), extra_ids=100)
-    (d / "sentencepiece.bpe.model").write_bytes(vocab.DEMO_XLMR_SPM.read_bytes())
-    return transformers.XLMRobertaTokenizer.from_pretrained(str(d))
+        (d / vocab.MT5_SPM_FILENAME).write_bytes(vocab.DEMO_T5_SPM.read_bytes())
+    else:
+        (d / vocab.XLMR_SPM_FILENAME).write_bytes(vocab.DEMO_XLMR_SPM.read_bytes())
+    return helpers.hf_tokenizer(d, kind)
 
 
 def test_length_statistics_match_transformers_on_real_xnli(

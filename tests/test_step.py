@@ -2,15 +2,19 @@
 
 References: PyTorch's cross entropy / MSE for the losses, ``jax.grad`` of the whole-batch loss on
 one device for accumulation, and a one-device run for every sharded mesh. Fast tests use small
-NNX models annotated like the real ones; the tiny mT5 / XLM-R runs are marked slow.
+NNX models annotated like the real ones; the tiny mT5 / XLM-R runs on the 2x2x2 mesh are fast,
+those on the other mesh shapes are marked slow.
 
 XLA compile time dominates these tests on 2 cores, so the module compiles with
-``jax_disable_most_optimizations`` (restored afterwards); every comparison is between programs
-compiled the same way, and the sharding (SPMD) passes run as usual.
+``jax_disable_most_optimizations`` (the ``fast_compiles`` fixture); every comparison is between
+programs compiled the same way, and the sharding (SPMD) passes run as usual.
 """
 
 from __future__ import annotations
 
+import functools
+
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,14 +34,7 @@ from mtl_jax.training import train_state as ts
 
 wp = nnx.with_partitioning
 VOCAB, TASKS = 32, 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 class ToyEncDec(nnx.Module):
@@ -155,10 +152,6 @@ def run_steps(model_fn, objective, optimizer, mesh_sizes, rules="fsdp", batches=
     return graphdef, state, metrics
 
 
-def _host(tree):
-    return jax.tree.map(np.asarray, jax.device_get(tree))
-
-
 # -- objectives against PyTorch ---------------------------------------------------------------------
 
 
@@ -273,7 +266,7 @@ def test_micro_batches_equal_one_big_batch(normalization, mesh):
     # 4 micro-batches on a sharded mesh: rows i::4, each split over data x fsdp.
     _, state, metrics = run_steps(model_fn, objective, sgd(), mesh, "fsdp", [batch],
                                   micro_batches=4, deterministic=True)
-    grads = jax.tree.map(lambda a, b: a - b, params, _host(state.params))
+    grads = jax.tree.map(lambda a, b: a - b, params, helpers.host(state.params))
     for (path, g), r in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
                             jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=5e-6, err_msg=part.path_str(path))
@@ -302,7 +295,7 @@ def test_micro_batches_classification_with_padding_example():
         params, ref_loss, _, ref_grads = _reference_grads(toy_classifier, objective, batch)
     _, state, metrics = run_steps(toy_classifier, objective, sgd(), (8, 1, 1), "t5x", [batch],
                                   micro_batches=2, deterministic=True)
-    grads = jax.tree.map(lambda a, b: a - b, params, _host(state.params))
+    grads = jax.tree.map(lambda a, b: a - b, params, helpers.host(state.params))
     for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=5e-6)
     np.testing.assert_allclose(metrics[0]["loss"], ref_loss, rtol=1e-6)
@@ -316,12 +309,82 @@ def test_micro_batches_must_divide_batch():
 
 
 # -- sharding parity --------------------------------------------------------------------------------
+#
+# Every case trains 3 steps from the same initialisation with the same batches and dropout keys on
+# one device and on sharded meshes; losses per step and final parameters must agree. The default
+# stage runs each real model family on the 2x2x2 mesh (data x fsdp x tensor, every axis in use)
+# under both rule sets; the slow stage adds the other mesh shapes and the toy models.
 
 
-def _parity(model_fn, objective, optimizer, batches, rules, meshes, micro_batches=1):
-    _, ref_state, ref_metrics = run_steps(model_fn, objective, optimizer, (1, 1, 1), rules,
-                                          batches, micro_batches)
-    ref_params = _host(ref_state.params)
+def _toy_encdec_case():
+    optimizer = opt.make_optimizer("adafactor", learning_rate=1e-2, min_dim_size_to_factor=8)
+    return (toy_encdec(0.1), obj.EncoderDecoderObjective(num_tasks=TASKS), optimizer,
+            [encdec_batch(b=16, seed=s) for s in range(3)], 1)
+
+
+def _toy_classifier_case():
+    objective = obj.ClassificationObjective(num_tasks=TASKS, num_labels=(3, 2, 1))
+    return (toy_classifier, objective, opt.make_optimizer("adamw", learning_rate=1e-2),
+            [cls_batch(b=16, seed=s) for s in range(3)], 2)
+
+
+def _t5_fn():
+    from mtl_jax.models.t5 import T5Config, T5Model
+
+    cfg = T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                   num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8,
+                   relative_attention_max_distance=16, dropout_rate=0.1)
+    return T5Model(cfg, rngs=nnx.Rngs(0))
+
+
+def _mt5_case():
+    """Tiny mT5 with dropout, z-loss and Adafactor (factored moments of sharded kernels)."""
+    optimizer = opt.make_optimizer("adafactor", learning_rate=1e-2, min_dim_size_to_factor=8)
+    objective = obj.EncoderDecoderObjective(num_tasks=TASKS, z_loss=1e-4)
+    return _t5_fn, objective, optimizer, [encdec_batch(b=16, seed=s) for s in range(3)], 1
+
+
+def _xlmr_fn():
+    from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
+
+    cfg = XLMRConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=4, intermediate_size=32, max_position_embeddings=20,
+                     task_num_labels=(3, 2, 1), hidden_dropout_prob=0.1,
+                     attention_probs_dropout_prob=0.1)
+    return XLMRMultiTask(cfg, rngs=nnx.Rngs(0))
+
+
+def _xlmr_case():
+    """Tiny XLM-R with dropout, three heads (one regression), AdamW with linear warmup/decay."""
+    batches = [cls_batch(b=16, seed=s) for s in range(3)]
+    for b in batches:
+        b[F.INPUT_IDS][:, 0] = 0  # <s>
+        b[F.INPUT_IDS] = np.where(b[F.ATTENTION_MASK] > 0, b[F.INPUT_IDS], 1)  # pad id 1
+    optimizer = opt.make_optimizer("adamw", learning_rate=1e-2, schedule="linear",
+                                   warmup_steps=1, total_steps=10)
+    objective = obj.ClassificationObjective(num_tasks=TASKS, num_labels=(3, 2, 1))
+    return _xlmr_fn, objective, optimizer, batches, 1
+
+
+CASES = {"toy_encdec": _toy_encdec_case, "toy_classifier": _toy_classifier_case,
+         "mt5": _mt5_case, "xlmr": _xlmr_case}
+
+
+@functools.cache
+def _one_device_run(case: str):
+    """(graphdef, host state, per-step metrics) of ``case`` on one device. Cached per session:
+    on one device the rule set places nothing, so every mesh and rule set compares with it."""
+    model_fn, objective, optimizer, batches, micro_batches = CASES[case]()
+    graphdef, state, metrics = run_steps(model_fn, objective, optimizer, (1, 1, 1), "t5x",
+                                         batches, micro_batches)
+    return graphdef, helpers.host(state), metrics
+
+
+def _parity(case: str, rules: str, meshes) -> tuple[list, dict]:
+    """Run ``case`` on each mesh; assert its losses and final parameters equal the one-device
+    run's. Returns (one-device metrics, {mesh sizes: final sharded state})."""
+    model_fn, objective, optimizer, batches, micro_batches = CASES[case]()
+    _, ref_state, ref_metrics = _one_device_run(case)
     results = {}
     for sizes in meshes:
         _, state, metrics = run_steps(model_fn, objective, optimizer, sizes, rules, batches,
@@ -331,8 +394,9 @@ def _parity(model_fn, objective, optimizer, batches, rules, meshes, micro_batche
         np.testing.assert_allclose([m["per_task_loss"] for m in metrics],
                                    [m["per_task_loss"] for m in ref_metrics], rtol=1e-5,
                                    atol=1e-6)
-        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(_host(state.params))[0],
-                                jax.tree.leaves(ref_params), strict=True):
+        params = helpers.host(state.params)
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                jax.tree.leaves(ref_state.params), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6,
                                        err_msg=f"{sizes} {part.path_str(path)}")
         results[sizes] = state
@@ -340,15 +404,22 @@ def _parity(model_fn, objective, optimizer, batches, rules, meshes, micro_batche
 
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4)]
+SLOW_MESHES = [(8, 1, 1), (1, 2, 4)]  # (2, 2, 2) runs in the default stage
 
 
 @pytest.mark.slow
-def test_toy_sharded_runs_match_one_device_and_stay_sharded():
-    batches = [encdec_batch(b=16, seed=s) for s in range(3)]
-    optimizer = opt.make_optimizer("adafactor", learning_rate=1e-2, min_dim_size_to_factor=8)
-    objective = obj.EncoderDecoderObjective(num_tasks=TASKS)
-    ref_metrics, states = _parity(toy_encdec(0.1), objective, optimizer, batches, "fsdp", MESHES)
-    assert ref_metrics[0]["loss"] > ref_metrics[2]["loss"]  # it learns
+def test_toy_sharded_runs_match_one_device_learn_and_stay_sharded():
+    _, states = _parity("toy_encdec", "fsdp", MESHES)
+    # It learns: the loss on the first batch, without dropout, falls from the initial parameters
+    # to those after the 3 steps.
+    model_fn, objective, _, batches, _ = CASES["toy_encdec"]()
+    with ts.no_eager_sharding():
+        graphdef, initial, rest = ts.split_model(model_fn())
+    trained = _one_device_run("toy_encdec")[1].params
+    batch = jax.tree.map(jnp.asarray, batches[0])
+    before, after = (float(objective(ts.merge_model(graphdef, p, rest), batch)[0])
+                     for p in (initial, trained))
+    assert after < 0.9 * before, (before, after)
     # After 3 donated steps the parameters still live where the FSDP rules put them.
     p = states[(1, 2, 4)].params
     assert p["wi"]["kernel"].sharding.spec == P("fsdp", "tensor")
@@ -364,41 +435,36 @@ def test_toy_sharded_runs_match_one_device_and_stay_sharded():
 @pytest.mark.slow
 @pytest.mark.parametrize("rules", ["t5x", "fsdp"])
 def test_toy_classifier_sharded_runs_match_one_device(rules):
-    batches = [cls_batch(b=16, seed=s) for s in range(3)]
-    optimizer = opt.make_optimizer("adamw", learning_rate=1e-2)
-    objective = obj.ClassificationObjective(num_tasks=TASKS, num_labels=(3, 2, 1))
-    _parity(toy_classifier, objective, optimizer, batches, rules, MESHES, micro_batches=2)
+    _parity("toy_classifier", rules, MESHES)
 
 
 # -- real models (tiny configs) ---------------------------------------------------------------------
 
 
-def _t5_fn():
-    from mtl_jax.models.t5 import T5Config, T5Model
+@pytest.mark.parametrize("rules", ["t5x", "fsdp"])
+def test_mt5_steps_on_2x2x2_match_one_device(rules):
+    _, states = _parity("mt5", rules, [(2, 2, 2)])
+    p = states[(2, 2, 2)].params
+    e = "fsdp" if rules == "fsdp" else None
+    assert p["encoder"]["layers"][0]["mlp"]["wi_0"]["kernel"].sharding.spec == P(e, "tensor")
+    assert p["shared"]["embedding"].sharding.spec == P("tensor", e)
 
-    cfg = T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=1,
-                   num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8,
-                   relative_attention_max_distance=16, dropout_rate=0.1)
-    return T5Model(cfg, rngs=nnx.Rngs(0))
 
-
-def _xlmr_fn():
-    from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
-
-    cfg = XLMRConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
-                     num_attention_heads=4, intermediate_size=32, max_position_embeddings=20,
-                     task_num_labels=(3, 2, 1), hidden_dropout_prob=0.1,
-                     attention_probs_dropout_prob=0.1)
-    return XLMRMultiTask(cfg, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("rules", ["t5x", "fsdp"])
+def test_xlmr_steps_on_2x2x2_match_one_device(rules):
+    ref_metrics, states = _parity("xlmr", rules, [(2, 2, 2)])
+    np.testing.assert_allclose([m["learning_rate"] for m in ref_metrics],
+                               [0.0, 1e-2, 1e-2 * 8 / 9], rtol=1e-6)
+    p = states[(2, 2, 2)].params
+    e = "fsdp" if rules == "fsdp" else None
+    assert p["encoder"]["layers"][0]["intermediate"]["kernel"].sharding.spec == P(e, "tensor")
+    assert p["heads"]["dense_kernel"].sharding.spec == P(None, e, "tensor")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rules", ["t5x", "fsdp"])
 def test_mt5_sharded_runs_match_one_device(rules):
-    batches = [encdec_batch(b=16, seed=s) for s in range(3)]
-    optimizer = opt.make_optimizer("adafactor", learning_rate=1e-2, min_dim_size_to_factor=8)
-    objective = obj.EncoderDecoderObjective(num_tasks=TASKS, z_loss=1e-4)
-    _, states = _parity(_t5_fn, objective, optimizer, batches, rules, MESHES)
+    _, states = _parity("mt5", rules, SLOW_MESHES)
     p = states[(1, 2, 4)].params
     e = "fsdp" if rules == "fsdp" else None
     assert p["encoder"]["layers"][0]["mlp"]["wi_0"]["kernel"].sharding.spec == P(e, "tensor")
@@ -408,20 +474,10 @@ def test_mt5_sharded_runs_match_one_device(rules):
 @pytest.mark.slow
 @pytest.mark.parametrize("rules", ["t5x", "fsdp"])
 def test_xlmr_sharded_runs_match_one_device(rules):
-    batches = [cls_batch(b=16, seed=s) for s in range(3)]
-    for b in batches:
-        b[F.INPUT_IDS][:, 0] = 0  # <s>
-        b[F.INPUT_IDS] = np.where(b[F.ATTENTION_MASK] > 0, b[F.INPUT_IDS], 1)  # pad id 1
-    optimizer = opt.make_optimizer("adamw", learning_rate=1e-2, schedule="linear",
-                                   warmup_steps=1, total_steps=10)
-    objective = obj.ClassificationObjective(num_tasks=TASKS, num_labels=(3, 2, 1))
-    ref_metrics, states = _parity(_xlmr_fn, objective, optimizer, batches, rules, MESHES)
-    np.testing.assert_allclose([m["learning_rate"] for m in ref_metrics],
-                               [0.0, 1e-2, 1e-2 * 8 / 9], rtol=1e-6)
-    p = states[(2, 2, 2)].params
+    _, states = _parity("xlmr", rules, SLOW_MESHES)
+    p = states[(1, 2, 4)].params
     e = "fsdp" if rules == "fsdp" else None
     assert p["encoder"]["layers"][0]["intermediate"]["kernel"].sharding.spec == P(e, "tensor")
-    assert p["heads"]["dense_kernel"].sharding.spec == P(None, e, "tensor")
 
 
 # -- dropout keys, frozen parameters, eval ----------------------------------------------------------
@@ -443,12 +499,12 @@ def test_dropout_keys_give_exact_resume():
     _, m_det = det(state, gb[0])
     state, m0 = step(state, gb[0])
     assert abs(float(m0["loss"]) - float(m_det["loss"])) > 1e-4  # dropout is on
-    saved = _host(state)  # "checkpoint" after step 1: host copy, then placed again
+    saved = helpers.host(state)  # "checkpoint" after step 1: host copy, then placed again
     state, m1 = step(state, gb[1])
     resumed = jax.tree.map(lambda x, s: jax.device_put(x, s), saved, shardings)
     resumed, m1b = step(resumed, gb[1])
     assert float(m1["loss"]) == float(m1b["loss"])
-    for a, b in zip(jax.tree.leaves(_host(state)), jax.tree.leaves(_host(resumed)), strict=True):
+    for a, b in zip(jax.tree.leaves(helpers.host(state)), jax.tree.leaves(helpers.host(resumed)), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -462,7 +518,7 @@ def test_frozen_parameters_in_the_step():
         params, _, _, ref_grads = _reference_grads(model_fn, objective, batch)
     _, state, metrics = run_steps(model_fn, objective, optimizer, (2, 2, 2), "fsdp", [batch],
                                   deterministic=True)
-    new = _host(state.params)
+    new = helpers.host(state.params)
     np.testing.assert_array_equal(new["embed"]["embedding"], params["embed"]["embedding"])
     np.testing.assert_array_equal(new["q"]["kernel"], params["q"]["kernel"])
     assert not np.allclose(new["wi"]["kernel"], params["wi"]["kernel"])
@@ -483,7 +539,7 @@ def test_eval_step_predictions():
     batch = cls_batch(b=16, seed=14)
     evaluate = st.make_eval_step(graphdef, objective.predict, mesh, shardings, bs, rules=rules)
     out = st.to_host(evaluate(state, part.global_batch(batch, mesh, bs)))
-    model = ts.merge_model(graphdef, _host(state.params), _host(state.rest))
+    model = ts.merge_model(graphdef, helpers.host(state.params), helpers.host(state.rest))
     direct = model(batch[F.INPUT_IDS], batch[F.ATTENTION_MASK], batch[F.TASK_ID])
     np.testing.assert_array_equal(out["predictions"], np.argmax(direct["logits"], -1))
     np.testing.assert_allclose(out["regression"], direct["regression"], rtol=1e-5, atol=1e-6)
@@ -493,7 +549,7 @@ def test_eval_step_predictions():
     batch = encdec_batch(b=16, seed=15)
     evaluate = st.make_eval_step(graphdef, objective.predict, mesh, shardings, bs, rules=rules)
     out = st.to_host(evaluate(state, part.global_batch(batch, mesh, bs)))
-    model = ts.merge_model(graphdef, _host(state.params), _host(state.rest))
+    model = ts.merge_model(graphdef, helpers.host(state.params), helpers.host(state.rest))
     logits = np.asarray(model(batch[F.ENCODER_INPUT_TOKENS], batch[F.DECODER_INPUT_TOKENS]))
     ce = torch.nn.functional.cross_entropy(
         torch.tensor(logits).reshape(-1, VOCAB),

@@ -15,16 +15,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_t5_parity import (  # noqa: E402
-    LOGIT_ATOL,
-    LOGIT_RTOL,
-    assert_close,
-    forward,
-    hf_forward,
-    hf_state,
-    make_hf,
-    random_batch,
-)
+import helpers  # noqa: E402
 
 from mtl_jax.models import hf_io, hf_t5  # noqa: E402
 from mtl_jax.models.layers import count_params  # noqa: E402
@@ -43,7 +34,7 @@ def _file_tensors(directory: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name", ["mt5_a", "t5_relu_a"])
 def test_hf_to_ours_to_hf_is_exact_and_loads(tmp_path, name):
-    hf = make_hf(name)
+    hf = helpers.make_hf(name)
     src, dst = tmp_path / "hf", tmp_path / "export"
     hf.save_pretrained(src)
     model, config = hf_t5.load_hf_t5(src)
@@ -57,15 +48,17 @@ def test_hf_to_ours_to_hf_is_exact_and_loads(tmp_path, name):
 
     reloaded = type(hf).from_pretrained(dst, attn_implementation="eager").eval()
     assert (reloaded.lm_head.weight is reloaded.shared.weight) == config.tie_word_embeddings
-    batch = random_batch(hf.config.vocab_size, seed=6)
+    batch = helpers.random_batch(hf.config.vocab_size, seed=6)
     with torch.no_grad():
         ref, again = (
-            hf_forward(hf, batch).logits.numpy(),
-            hf_forward(reloaded, batch).logits.numpy(),
+            helpers.hf_forward(hf, batch).logits.numpy(),
+            helpers.hf_forward(reloaded, batch).logits.numpy(),
         )
     np.testing.assert_array_equal(again, ref)
-    ours = forward(model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
-    assert_close(ours, again, LOGIT_RTOL, LOGIT_ATOL, "ours vs exported-and-reloaded HF")
+    ours = helpers.t5_forward(model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
+    helpers.assert_close(
+        ours, again, helpers.LOGIT_RTOL, helpers.LOGIT_ATOL, "ours vs exported-and-reloaded HF"
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,11 +112,11 @@ def test_ours_to_hf_to_ours_is_exact(tmp_path, model_type, tied, ff):
 
 def test_pytorch_bin_checkpoint_loads(tmp_path):
     """The legacy ``pytorch_model.bin`` layout (with the tied embedding copies) loads too."""
-    hf = make_hf("mt5_c")
+    hf = helpers.make_hf("mt5_c")
     hf.config.save_pretrained(tmp_path)
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
     model, config = hf_t5.load_hf_t5(tmp_path)
-    expected = hf_t5.params_from_hf(hf_state(hf), config)
+    expected = hf_t5.params_from_hf(helpers.hf_state(hf), config)
     for path, value in hf_t5.flat_params(model).items():
         assert np.array_equal(np.asarray(value), expected[path]), path
 
@@ -215,9 +208,9 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="never rescales"):
         T5Config(model_type="mt5", tie_word_embeddings=True).to_hf()
 
-    hf = make_hf("mt5_c")
+    hf = helpers.make_hf("mt5_c")
     config = T5Config.from_hf(hf.config.to_dict())
-    state = hf_state(hf)
+    state = helpers.hf_state(hf)
     missing = {k: v for k, v in state.items() if k != "encoder.final_layer_norm.weight"}
     with pytest.raises(ValueError, match="missing tensors.*encoder.final_layer_norm"):
         hf_t5.params_from_hf(missing, config)

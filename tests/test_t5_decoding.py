@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_t5_parity import fast_jit, hf_state, make_hf, ours_from_hf  # noqa: E402
+import helpers  # noqa: E402
 
 from mtl_jax.models import hf_t5  # noqa: E402
 from mtl_jax.models.t5 import T5Config  # noqa: E402
@@ -37,17 +37,17 @@ def _hf_generate(hf, enc: np.ndarray, steps: int) -> np.ndarray:
     return out.numpy()[:, 1:]  # drop the decoder start token
 
 
-@fast_jit
+@helpers.fast_jit
 def _greedy_cached(model, enc):
     return greedy_decode(model, enc, STEPS)
 
 
-@fast_jit
+@helpers.fast_jit
 def _greedy_cached_no_stop(model, enc):
     return greedy_decode(model, enc, STEPS, stop_at_eos=False)
 
 
-@fast_jit
+@helpers.fast_jit
 def _greedy_uncached_no_stop(model, enc):
     return greedy_decode(model, enc, STEPS, use_cache=False, stop_at_eos=False)
 
@@ -55,7 +55,7 @@ def _greedy_uncached_no_stop(model, enc):
 def _mt5_with_eos() -> object:
     """mT5 config whose EOS logit is boosted so some rows stop early (steps 1-4) and one row runs
     all 14 steps: exercises EOS handling and the >= 10 step comparison together."""
-    hf = make_hf("mt5_b")
+    hf = helpers.make_hf("mt5_b")
     with torch.no_grad():
         hf.lm_head.weight[1] *= 2.0
     return hf
@@ -65,7 +65,7 @@ def test_greedy_cached_matches_hf_generate_mt5():
     hf = _mt5_with_eos()
     enc = _encoder_inputs(hf.config.vocab_size)
     ref = _hf_generate(hf, enc, STEPS)
-    ours = np.asarray(_greedy_cached(ours_from_hf(hf), jnp.asarray(enc)))
+    ours = np.asarray(_greedy_cached(helpers.ours_from_hf(hf), jnp.asarray(enc)))
     assert ours.shape == (5, STEPS)
     n = ref.shape[1]
     np.testing.assert_array_equal(ours[:, :n], ref)
@@ -80,17 +80,17 @@ def test_greedy_cached_matches_hf_generate_mt5():
 
 
 def test_greedy_cached_matches_hf_generate_tied_t5():
-    hf = make_hf("t5_gated_b")
+    hf = helpers.make_hf("t5_gated_b")
     enc = _encoder_inputs(hf.config.vocab_size, seed=8)
     ref = _hf_generate(hf, enc, STEPS)
-    ours = np.asarray(_greedy_cached(ours_from_hf(hf), jnp.asarray(enc)))
+    ours = np.asarray(_greedy_cached(helpers.ours_from_hf(hf), jnp.asarray(enc)))
     assert ref.shape == (5, STEPS)
     np.testing.assert_array_equal(ours, ref)
 
 
 def test_cached_and_uncached_decoding_agree():
     hf = _mt5_with_eos()
-    model = ours_from_hf(hf)
+    model = helpers.ours_from_hf(hf)
     enc = jnp.asarray(_encoder_inputs(hf.config.vocab_size, seed=9))
     cached = np.asarray(_greedy_cached_no_stop(model, enc))
     uncached = np.asarray(_greedy_uncached_no_stop(model, enc))
@@ -125,11 +125,11 @@ def _pad(candidates: list[list[int]], length: int = 4) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["mt5_b", "t5_relu_a"])
 def test_rank_classification_matches_hf(name):
-    hf = make_hf(name)
-    model = ours_from_hf(hf)
+    hf = helpers.make_hf(name)
+    model = helpers.ours_from_hf(hf)
     enc = _encoder_inputs(hf.config.vocab_size, seed=11)
     base = [[5, 1], [9, 17, 1], [23, 4, 30, 1], [12, 1]]  # label strings + EOS, ragged lengths
-    rank = fast_jit(rank_classification)
+    rank = helpers.fast_jit(rank_classification)
 
     # One candidate list for all examples ([C, Lt]).
     ref = np.stack([_hf_label_log_likelihood(hf, row, base) for row in enc])
@@ -157,8 +157,8 @@ def test_shift_right_and_input_checks():
     np.testing.assert_array_equal(
         np.asarray(shift_right(jnp.array([[5, 6, 1, 0]]))), [[0, 5, 6, 1]]
     )
-    hf = make_hf("mt5_c")
-    model = hf_t5.model_from_hf_state(hf_state(hf), T5Config.from_hf(hf.config.to_dict()))
+    hf = helpers.make_hf("mt5_c")
+    model = hf_t5.model_from_hf_state(helpers.hf_state(hf), T5Config.from_hf(hf.config.to_dict()))
     with pytest.raises(ValueError, match="candidate_targets"):
         rank_classification(model, jnp.ones((2, 3), jnp.int32), jnp.ones((3, 2, 2), jnp.int32))
     with pytest.raises(ValueError, match="max_decode_len"):

@@ -5,14 +5,16 @@ from the HF model into ours through the converter under test. Bounds held (float
   logits: max|ours - hf| <= 1e-5 * max|hf| + 1e-6
   loss:   |ours - hf| <= 1e-5 * |hf|
   grads:  max|ours - hf| <= 1e-4 * max|hf| + 1e-7 per tensor
-The helpers here are imported by test_t5_decoding.py and test_t5_convert.py.
+Most cases compile with ``helpers.FAST_COMPILE`` (XLA backend level 0: half the compile time);
+``test_default_compiler_settings_match_hf`` holds the same bounds at XLA's default settings.
+The configs and builders live in ``helpers.py`` (shared with the decoding and conversion tests).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+import os
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,8 @@ from flax import nnx
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+import helpers  # noqa: E402
 
 from mtl_jax.models import hf_t5  # noqa: E402
 from mtl_jax.models.layers import (  # noqa: E402
@@ -33,205 +37,10 @@ from mtl_jax.models.layers import (  # noqa: E402
 from mtl_jax.models.t5 import T5Config, T5Model, relative_position_bucket  # noqa: E402
 from mtl_jax.training.losses import normalize, token_cross_entropy  # noqa: E402
 
-LOGIT_RTOL, LOGIT_ATOL = 1e-5, 1e-6
-GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
 
-# Random small configs: depth (also decoder != encoder), heads, d_kv != d_model / heads, buckets,
-# max distance (below and above the sequence lengths used) and vocabulary all vary.
-MT5_CONFIGS: dict[str, dict[str, Any]] = {
-    "mt5_a": dict(
-        vocab_size=97,
-        d_model=24,
-        d_kv=5,
-        d_ff=40,
-        num_layers=2,
-        num_decoder_layers=3,
-        num_heads=3,
-        relative_attention_num_buckets=12,
-        relative_attention_max_distance=20,
-    ),
-    "mt5_b": dict(
-        vocab_size=131,
-        d_model=32,
-        d_kv=16,
-        d_ff=48,
-        num_layers=3,
-        num_decoder_layers=1,
-        num_heads=4,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-    ),
-    "mt5_c": dict(
-        vocab_size=64,
-        d_model=16,
-        d_kv=3,
-        d_ff=24,
-        num_layers=1,
-        num_decoder_layers=2,
-        num_heads=6,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=9,
-    ),
-}
-T5_CONFIGS: dict[str, dict[str, Any]] = {
-    "t5_relu_a": dict(
-        vocab_size=80,
-        d_model=20,
-        d_kv=7,
-        d_ff=36,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=2,
-        relative_attention_num_buckets=16,
-        relative_attention_max_distance=30,
-        feed_forward_proj="relu",
-    ),
-    "t5_gated_b": dict(
-        vocab_size=113,
-        d_model=28,
-        d_kv=4,
-        d_ff=44,
-        num_layers=3,
-        num_decoder_layers=2,
-        num_heads=5,
-        relative_attention_num_buckets=10,
-        relative_attention_max_distance=12,
-        feed_forward_proj="gated-gelu",
-    ),
-    "t5_relu_c": dict(
-        vocab_size=50,
-        d_model=12,
-        d_kv=6,
-        d_ff=20,
-        num_layers=1,
-        num_decoder_layers=3,
-        num_heads=4,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=64,
-        feed_forward_proj="relu",
-    ),
-}
-ALL_CONFIGS = {**MT5_CONFIGS, **T5_CONFIGS}
+def _loss_logits_grads(model, enc, dec_in, targets, weights):
+    """Our loss as training computes it ("tokens" normalisation), its logits and gradients."""
 
-
-# ------------------------------------------------------------------------------------------------
-# Helpers (shared with the other T5 test files)
-# ------------------------------------------------------------------------------------------------
-
-
-def make_hf(name: str, seed: int = 0, **extra: Any):
-    """A random-weight HF model in eval mode: MT5ForConditionalGeneration with an untied head for
-    ``mt5_*`` names, tied T5ForConditionalGeneration (rescaled head) otherwise."""
-    kwargs = {**ALL_CONFIGS[name], "dropout_rate": 0.0, "decoder_start_token_id": 0, **extra}
-    torch.manual_seed(seed)
-    if name.startswith("mt5"):
-        model = transformers.MT5ForConditionalGeneration(
-            transformers.MT5Config(**kwargs, attn_implementation="eager")
-        )
-    else:
-        model = transformers.T5ForConditionalGeneration(
-            transformers.T5Config(**kwargs, tie_word_embeddings=True, attn_implementation="eager")
-        )
-    randomize(model, untie_head=name.startswith("mt5"))
-    return model.eval()
-
-
-def randomize(model, untie_head: bool) -> None:
-    """Weights large enough that every part of the network shapes the output."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layer_norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif "relative_attention_bias" in name or name == "shared.weight":
-                p.copy_(torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) * p.shape[1] ** -0.5)
-        if untie_head:
-            # transformers 5 builds MT5 with the head tied; real mT5 checkpoints have their own.
-            vocab, d = model.shared.weight.shape
-            model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, d) * d**-0.5)
-            model.all_tied_weights_keys.pop("lm_head.weight", None)
-
-
-def hf_state(model) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def ours_from_hf(model, **overrides: Any) -> T5Model:
-    """Our model holding the HF model's weights, through the converter under test."""
-    config = T5Config.from_hf(model.config.to_dict(), **overrides)
-    return hf_t5.model_from_hf_state(hf_state(model), config)
-
-
-def random_batch(vocab: int, seed: int = 0, batch: int = 3, enc_len: int = 13, dec_len: int = 9):
-    """Encoder tokens with per-row right padding, HF labels (-100 = ignored) and our shifted
-    decoder inputs / targets / loss weights."""
-    rng = np.random.default_rng(seed)
-    enc = rng.integers(2, vocab, (batch, enc_len))
-    labels = rng.integers(2, vocab, (batch, dec_len))
-    for b in range(1, batch):
-        enc[b, enc_len - 3 * b :] = 0
-        labels[b, dec_len - 2 * b :] = -100
-    labels[:, -1] = np.where(labels[:, -1] == -100, -100, 1)  # some EOS tokens
-    targets = np.where(labels == -100, 0, labels)
-    dec_in = np.zeros_like(targets)
-    dec_in[:, 1:] = targets[:, :-1]
-    return dict(
-        enc=enc,
-        labels=labels,
-        targets=targets,
-        dec_in=dec_in,
-        weights=(labels != -100).astype(np.float32),
-    )
-
-
-def hf_forward(model, batch, with_grad: bool = False):
-    enc = torch.tensor(batch["enc"])
-    out = model(
-        input_ids=enc, attention_mask=(enc != 0).long(), labels=torch.tensor(batch["labels"])
-    )
-    if with_grad:
-        model.zero_grad()
-        out.loss.backward()
-    return out
-
-
-def assert_close(ours, ref, rtol: float, atol: float, what: str) -> float:
-    """Assert max|ours - ref| <= rtol * max|ref| + atol; return the max abs diff."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs {ref.shape}"
-    diff = float(np.max(np.abs(ours - ref)))
-    bound = rtol * float(np.max(np.abs(ref))) + atol
-    assert diff <= bound, f"{what}: max abs diff {diff:.3e} > bound {bound:.3e}"
-    return diff
-
-
-# XLA's CPU backend spends most of these tests compiling; skipping LLVM's expensive passes halves
-# that and changes no HLO-level numerics (the bounds above hold either way).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def fast_jit(fn):
-    """``jax.jit`` of ``fn(model, *args)`` over the model's (graphdef, state), cheap to compile."""
-
-    @functools.partial(jax.jit, static_argnums=0, compiler_options=FAST_COMPILE)
-    def run(graphdef, state, *args):
-        return fn(nnx.merge(graphdef, state), *args)
-
-    def call(model, *args):
-        graphdef, state = nnx.split(model)
-        return run(graphdef, state, *args)
-
-    return call
-
-
-@fast_jit
-def forward(model, enc, dec_in):
-    return model(enc, dec_in)
-
-
-@fast_jit
-def loss_logits_grads(model, enc, dec_in, targets, weights):
     def loss_fn(m):
         logits = m(enc, dec_in)
         ce, _ = token_cross_entropy(logits, targets, weights)
@@ -239,6 +48,9 @@ def loss_logits_grads(model, enc, dec_in, targets, weights):
 
     (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     return loss, logits, grads
+
+
+loss_logits_grads = helpers.fast_jit(_loss_logits_grads)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,8 +86,8 @@ def test_relative_position_buckets_match_hf(buckets, max_distance):
 @functools.cache
 def hf_and_ours(name: str):
     """One random HF model per config and our copy of it (cached: compiling is the slow part)."""
-    hf = make_hf(name)
-    return hf, ours_from_hf(hf)
+    hf = helpers.make_hf(name)
+    return hf, helpers.ours_from_hf(hf)
 
 
 def loss_from_logits(logits, batch) -> float:
@@ -285,16 +97,18 @@ def loss_from_logits(logits, batch) -> float:
     return float(normalize(jnp.sum(ce), jnp.asarray(batch["weights"]), "tokens"))
 
 
-@pytest.mark.parametrize("name", list(ALL_CONFIGS))
+@pytest.mark.parametrize("name", list(helpers.T5_ALL_CONFIGS))
 def test_logits_and_loss_match_hf(name):
     hf, model = hf_and_ours(name)
     assert model.config.tie_word_embeddings == (not name.startswith("mt5"))
     assert count_params(model) == sum(p.numel() for p in hf.parameters())
-    batch = random_batch(hf.config.vocab_size)
+    batch = helpers.random_batch(hf.config.vocab_size)
     with torch.no_grad():
-        ref = hf_forward(hf, batch)
-    logits = forward(model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
-    diff = assert_close(logits, ref.logits.numpy(), LOGIT_RTOL, LOGIT_ATOL, f"{name} logits")
+        ref = helpers.hf_forward(hf, batch)
+    logits = helpers.t5_forward(model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
+    diff = helpers.assert_close(
+        logits, ref.logits.numpy(), helpers.LOGIT_RTOL, helpers.LOGIT_ATOL, f"{name} logits"
+    )
     loss = loss_from_logits(logits, batch)
     print(
         f"{name}: max|logit diff| {diff:.2e}, max|logit| {ref.logits.abs().max().item():.2f}, "
@@ -307,16 +121,35 @@ _GRAD_FAST = ("mt5_a", "t5_relu_a")
 
 
 @pytest.mark.parametrize(
-    "name", [n if n in _GRAD_FAST else pytest.param(n, marks=pytest.mark.slow) for n in ALL_CONFIGS]
+    "name",
+    [
+        n if n in _GRAD_FAST else pytest.param(n, marks=pytest.mark.slow)
+        for n in helpers.T5_ALL_CONFIGS
+    ],
 )
 def test_loss_gradients_match_hf(name):
     """jax.grad of our loss (token_cross_entropy + "tokens" normalization) equals torch autograd
     of HF's mean cross entropy, for tensors across the whole network."""
+    _check_logits_loss_grads(name, loss_logits_grads)
+
+
+def test_default_compiler_settings_match_hf():
+    """The same logits, loss and gradient bounds when XLA compiles at its default settings (the
+    other cases use ``FAST_COMPILE``; optimisation passes may fuse and reorder float math)."""
+    assert not jax.config.read("jax_disable_most_optimizations")
+    assert "optimization_level" not in os.environ.get("XLA_FLAGS", "")
+    _check_logits_loss_grads("mt5_a", helpers.model_jit(_loss_logits_grads))
+
+
+def _check_logits_loss_grads(name: str, compiled) -> None:
     hf, model = hf_and_ours(name)
-    batch = random_batch(hf.config.vocab_size, seed=5)
-    ref = hf_forward(hf, batch, with_grad=True)
-    loss, logits, grads = loss_logits_grads(
+    batch = helpers.random_batch(hf.config.vocab_size, seed=5)
+    ref = helpers.hf_forward(hf, batch, with_grad=True)
+    loss, logits, grads = compiled(
         model, *(jnp.asarray(batch[k]) for k in ("enc", "dec_in", "targets", "weights"))
+    )
+    helpers.assert_close(
+        logits, ref.logits.detach().numpy(), helpers.LOGIT_RTOL, helpers.LOGIT_ATOL, "logits"
     )
     assert abs(float(loss) - ref.loss.item()) <= 1e-5 * abs(ref.loss.item()), (
         float(loss),
@@ -339,16 +172,11 @@ def test_loss_gradients_match_hf(name):
     for hf_name in checked:
         e = entries[hf_name]
         ours_grad = hf_t5.to_hf(e.kind, np.asarray(flat_grads[e.ours]), model.config)
-        diff = assert_close(
-            ours_grad,
-            hf_params[hf_name].grad.numpy(),
-            GRAD_RTOL,
-            GRAD_ATOL,
-            f"{name} grad {hf_name}",
+        grad = hf_params[hf_name].grad
+        diff = helpers.assert_close(
+            ours_grad, grad.numpy(), helpers.GRAD_RTOL, helpers.GRAD_ATOL, f"{name} grad {hf_name}"
         )
-        print(
-            f"{name} grad {hf_name}: max abs diff {diff:.2e}, max |grad| {hf_params[hf_name].grad.abs().max().item():.2e}"
-        )
+        print(f"{name} grad {hf_name}: max abs diff {diff:.2e}, max |grad| {grad.abs().max():.2e}")
 
 
 def test_attention_paths_agree():
@@ -370,7 +198,7 @@ def test_attention_paths_agree():
         auto = dot_product_attention(*args, bias=bias, mask=mask, scale=1.0, impl="auto")
         xla = dot_product_attention(*args, bias=bias, mask=mask, scale=1.0, impl="xla")
         assert auto.dtype == xla.dtype == dtype
-        assert_close(
+        helpers.assert_close(
             xla.astype(jnp.float32),
             auto.astype(jnp.float32),
             tol,
@@ -378,13 +206,13 @@ def test_attention_paths_agree():
             f"{dtype.__name__} attention",
         )
     # A model on the einsum path also matches HF (the other tests use "auto").
-    hf = make_hf("mt5_c")
-    batch = random_batch(hf.config.vocab_size, seed=1)
+    hf = helpers.make_hf("mt5_c")
+    batch = helpers.random_batch(hf.config.vocab_size, seed=1)
     with torch.no_grad():
-        ref = hf_forward(hf, batch).logits.numpy()
-    model = ours_from_hf(hf, attention_impl="xla")
-    out = forward(model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
-    assert_close(out, ref, LOGIT_RTOL, LOGIT_ATOL, "einsum-path logits")
+        ref = helpers.hf_forward(hf, batch).logits.numpy()
+    model = helpers.ours_from_hf(hf, attention_impl="xla")
+    out = helpers.t5_forward(model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
+    helpers.assert_close(out, ref, helpers.LOGIT_RTOL, helpers.LOGIT_ATOL, "einsum-path logits")
 
 
 def _pack(segments: list[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -428,7 +256,7 @@ def test_packed_segments_equal_running_each_alone(name):
         for k, x in zip(packed, (e, es, ep, d, ds, dp), strict=True):
             packed[k].append(x)
     p = {k: jnp.asarray(np.stack(x)) for k, x in packed.items()}
-    logits = fast_jit(
+    logits = helpers.fast_jit(
         lambda m, p: m(
             p["enc"],
             p["dec_in"],
@@ -447,8 +275,12 @@ def test_packed_segments_equal_running_each_alone(name):
                     .numpy()
                 )
             where = np.asarray(p["dec_seg"][r]) == s + 1
-            assert_close(
-                np.asarray(logits[r])[where], ref, LOGIT_RTOL, LOGIT_ATOL, f"row {r} segment {s}"
+            helpers.assert_close(
+                np.asarray(logits[r])[where],
+                ref,
+                helpers.LOGIT_RTOL,
+                helpers.LOGIT_ATOL,
+                f"row {r} segment {s}",
             )
 
 
@@ -459,11 +291,11 @@ def test_bfloat16_compute_close_to_float32(name):
     (measured: 5.4e-2 / 2.3e-2 / 4.5e-4 for mt5_b; 2.0e-2 / 1.5e-2 / 1.2e-3 for t5_relu_a, with
     these deliberately large random weights)."""
     hf, f32 = hf_and_ours(name)
-    bf16 = ours_from_hf(hf, dtype="bfloat16")
+    bf16 = helpers.ours_from_hf(hf, dtype="bfloat16")
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
-    batch = random_batch(hf.config.vocab_size, seed=2)
+    batch = helpers.random_batch(hf.config.vocab_size, seed=2)
     args = (jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
-    logits32, logits16 = np.asarray(forward(f32, *args)), forward(bf16, *args)
+    logits32, logits16 = np.asarray(helpers.t5_forward(f32, *args)), helpers.t5_forward(bf16, *args)
     assert logits16.dtype == jnp.float32
     logits16 = np.asarray(logits16)
     w = batch["weights"] > 0
@@ -479,11 +311,11 @@ def test_bfloat16_compute_close_to_float32(name):
 def test_dropout_keys_come_from_call_time_rngs():
     hf, _ = hf_and_ours("mt5_c")
     config = dataclasses.replace(T5Config.from_hf(hf.config.to_dict()), dropout_rate=0.2)
-    model = hf_t5.model_from_hf_state(hf_state(hf), config)
-    batch = random_batch(hf.config.vocab_size)
+    model = hf_t5.model_from_hf_state(helpers.hf_state(hf), config)
+    batch = helpers.random_batch(hf.config.vocab_size)
     enc, dec = jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"])
 
-    @fast_jit
+    @helpers.fast_jit
     def train_logits(m, key):
         return m(enc, dec, deterministic=False, rngs=nnx.Rngs(dropout=key))
 
@@ -493,6 +325,53 @@ def test_dropout_keys_come_from_call_time_rngs():
     assert not np.allclose(np.asarray(a), np.asarray(c))
     with pytest.raises(ValueError, match="no rngs"):
         model(enc, dec, deterministic=False)
+
+
+def test_dropout_sites_drop_at_their_rates_where_hf_drops(monkeypatch):
+    """In a train-mode forward every dropout site is inverted dropout at its configured rate
+    (hidden 0.3 and attention 0.15, so a swapped rate shows): dropped fraction within 5 binomial
+    sigmas, kept values times exactly 1/(1-p), a fresh mask per site. The sites are HF's: our
+    hidden-state sites have the shapes of the nn.Dropout calls HF's model makes in train mode,
+    and there is one attention-probability site per attention block."""
+    hidden_rate, attention_rate = 0.3, 0.15
+    hf = helpers.make_hf("mt5_c", dropout_rate=hidden_rate)
+    batch = helpers.random_batch(hf.config.vocab_size, seed=6, batch=8, enc_len=32, dec_len=24)
+    config = dataclasses.replace(
+        T5Config.from_hf(hf.config.to_dict()),
+        dropout_rate=hidden_rate,
+        attention_dropout_rate=attention_rate,
+    )
+    model = hf_t5.model_from_hf_state(helpers.hf_state(hf), config)
+    records = helpers.recording_dropout(monkeypatch)
+
+    @helpers.fast_jit
+    def train_forward(m, enc, dec, key):
+        records.clear()
+        m(enc, dec, deterministic=False, rngs=nnx.Rngs(dropout=key))
+        return list(records)
+
+    sites = train_forward(
+        model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]), jax.random.key(3)
+    )
+    power = helpers.check_dropout_sites(
+        sites, lambda x: attention_rate if x.ndim == 4 else hidden_rate
+    )
+    assert set(power) == {hidden_rate, attention_rate} and min(power.values()) > 20_000, power
+
+    hf_shapes = []
+    for module in hf.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.register_forward_hook(lambda mod, args, out: hf_shapes.append(tuple(out.shape)))
+    with torch.no_grad():
+        helpers.hf_forward(hf.train(), batch)
+    ours = [tuple(x.shape) for x, _ in sites]
+    assert sorted(s for s in ours if len(s) == 3) == sorted(hf_shapes)
+    b, n, le, ld = 8, config.num_heads, 32, 24
+    expected_attention = [(b, n, le, le)] * config.num_layers + [
+        (b, n, ld, ld),
+        (b, n, ld, le),
+    ] * config.num_decoder_layers
+    assert sorted(s for s in ours if len(s) == 4) == sorted(expected_attention)
 
 
 def test_logical_axes_and_sharded_creation():
@@ -512,20 +391,22 @@ def test_logical_axes_and_sharded_creation():
             names,
         )
 
-    batch = random_batch(hf.config.vocab_size, seed=4, batch=4)
+    batch = helpers.random_batch(hf.config.vocab_size, seed=4, batch=4)
     enc, dec = jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"])
     with torch.no_grad():
-        reference = hf_forward(hf, batch).logits.numpy()
+        reference = helpers.hf_forward(hf, batch).logits.numpy()
     mesh = make_mesh(data=4, fsdp=1, tensor=2)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(T5X_RULES):
         placed = nnx.eval_shape(lambda: T5Model(config, rngs=nnx.Rngs(0)))
         q = placed.encoder.layers[0].attention.query.kernel.get_value()
         assert q.sharding.spec == jax.P(None, "tensor", None)
-        sharded = ours_from_hf(hf)
+        sharded = helpers.ours_from_hf(hf)
         assert sharded.encoder.layers[0].attention.query.kernel[...].sharding.spec == jax.P(
             None, "tensor", None
         )
         assert sharded.shared.embedding[...].sharding.spec == jax.P("tensor", None)
         assert sharded.decoder.relpos.embedding[...].sharding.spec == jax.P(None, "tensor")
-        out = forward(sharded, enc, dec)
-    assert_close(out, reference, LOGIT_RTOL, LOGIT_ATOL, "sharded logits vs HF")
+        out = helpers.t5_forward(sharded, enc, dec)
+    helpers.assert_close(
+        out, reference, helpers.LOGIT_RTOL, helpers.LOGIT_ATOL, "sharded logits vs HF"
+    )

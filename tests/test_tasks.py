@@ -289,19 +289,22 @@ def test_mc4_span_corruption_task():
 
 
 def test_sharding_splits_examples_disjointly():
+    """Two shards hold every example exactly once between them (an example is identified by its
+    title and body: titles alone repeat in this sample)."""
     task = seqio.get_mixture_or_task("nc_cls_de")
-    full = [tuple(e["text"]) for e in _examples("nc_cls_de", "validation")]
-    parts = [
-        [
-            tuple(e["text"])
-            for e in _examples("nc_cls_de", "validation", shard_info=seqio.ShardInfo(i, 2))
-        ]
-        for i in range(2)
-    ]
-    assert sorted(parts[0] + parts[1]) == sorted(full) and task.num_input_examples(
-        "validation"
-    ) == len(full)
-    assert not set(parts[0]) & set(parts[1]) or len(set(full)) < len(full)
+
+    def ids(**kw) -> list[tuple]:
+        examples = _examples("nc_cls_de", "validation", **kw)
+        return [(tuple(e["text"]), tuple(e["text_pair"])) for e in examples]
+
+    full = ids()
+    assert len(set(full)) == len(full) == task.num_input_examples("validation"), "repeated rows"
+    parts = [ids(shard_info=seqio.ShardInfo(i, 2)) for i in range(2)]
+    for part in parts:
+        assert len(set(part)) == len(part) and part, "a shard repeats an example or is empty"
+    assert not set(parts[0]) & set(parts[1])
+    assert set(parts[0]) | set(parts[1]) == set(full)
+    assert len(parts[0]) + len(parts[1]) == len(full)
 
 
 # --------------------------------------------------------------------------- metrics

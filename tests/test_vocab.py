@@ -20,6 +20,8 @@ pytest.importorskip("seqio")
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
+import helpers  # noqa: E402
+
 from mtl_jax.data import vocab as V  # noqa: E402
 
 # Training text for the throwaway models (one or two lines per script). The throwaway models are
@@ -105,19 +107,13 @@ def _hf_dir(tmp: Path, model_file: Path, kind: str) -> Path:
     return d
 
 
-def _hf_tokenizer(directory: Path, kind: str):
-    if kind == "mt5":
-        return transformers.T5Tokenizer.from_pretrained(str(directory), extra_ids=100)
-    return transformers.XLMRobertaTokenizer.from_pretrained(str(directory))
-
-
 @pytest.fixture(scope="session", params=["mt5", "xlmr"])
 def pair(request, tmp_models, tmp_path_factory):
     """(kind, our vocabulary, transformers tokenizer) built from the same throwaway model."""
     kind = request.param
     d = _hf_dir(tmp_path_factory.mktemp("hf"), tmp_models[kind], kind)
     ours = V.mt5_vocabulary(d) if kind == "mt5" else V.xlmr_vocabulary(d)
-    return kind, ours, _hf_tokenizer(d, kind)
+    return kind, ours, helpers.hf_tokenizer(d, kind)
 
 
 def _ref_ids(hf, text: str) -> list[int]:
@@ -271,7 +267,7 @@ def test_demo_vocabulary_matches_transformers(kind, tmp_path):
     demo_file = V.DEMO_T5_SPM if kind == "mt5" else V.DEMO_XLMR_SPM
     assert demo_file.is_file(), f"committed demo model missing: {demo_file}"
     ours = V.demo_vocabulary(kind)
-    hf = _hf_tokenizer(_hf_dir(tmp_path, demo_file, kind), kind)
+    hf = helpers.hf_tokenizer(_hf_dir(tmp_path, demo_file, kind), kind)
     assert ours.vocab_size == len(hf)
     assert (ours.pad_id, ours.eos_id, ours.unk_id) == (
         hf.pad_token_id,
