@@ -20,7 +20,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tools import sample_text as st  # noqa: E402
-from tools.sample_lexicons import BASE, NC, PAWSX, QADSM, QAM  # noqa: E402
+from tools.sample_lexicons import BASE, NC, PAWSX, QADSM, QAM, SLOTS, WPR  # noqa: E402
 
 XNLI15 = "ar bg de el en es fr hi ru sw th tr ur vi zh".split()
 # dataset -> (train languages, validation/test languages), from the data contract.
@@ -344,6 +344,20 @@ def test_wpr_rule_and_grouping(lang):
         page = row["web_page_title"] + " . " + row["web_page_snippet"]
         found = sum(contains(page, term, lang) for term in row["query"].split())
         assert WPR_GRADES[found] == row["relavance_label"], (row, found)
+    # Queries ask for the first half of each slot's terms; most missing terms are from the
+    # second half (never asked), the rest another asked term.
+    lex = WPR[lang]
+    asked = [t for slot in SLOTS for t in lex[slot][: len(lex[slot]) // 2]]
+    unasked = [t for slot in SLOTS for t in lex[slot][len(lex[slot]) // 2:]]
+    never, other = 0, 0
+    for row in rows:
+        query = row["query"].split()
+        assert all(any(t.lower() == q.lower() for t in asked) for q in query), row
+        page = row["web_page_title"] + " . " + row["web_page_snippet"]
+        never += sum(contains(page, t, lang) for t in unasked)
+        other += sum(contains(page, t, lang) and t.lower() not in map(str.lower, query)
+                     for t in asked)
+    assert other > 0 and never > 2 * other, (never, other)
     groups: dict[int, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["query_id"], []).append(row)
