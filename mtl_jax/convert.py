@@ -113,7 +113,10 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _setup_logging(args.log_level)
+    from mtl_jax.cli_logging import setup_logging
+
+    setup_logging(args.log_level, noisy_level=logging.ERROR, timestamps=False,
+                  fallback=logging.WARNING)
     commands = {"hf-to-jax": hf_to_jax, "jax-to-hf": jax_to_hf, "verify": verify_command}
     try:
         return commands[args.command](args)
@@ -127,13 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING),
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "orbax", "jax._src", "etils"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def checkpoint_dir(path: Path) -> tuple[Path, int | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mtl_jax.train import setup_logging
+    from mtl_jax.cli_logging import setup_logging
 
     setup_logging(args.log_level)
     from mtl_jax import configurables, experiment, gin_config

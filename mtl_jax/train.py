@@ -34,15 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "jax._src", "orbax", "tensorflow", "etils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from mtl_jax.cli_logging import setup_logging
+
     setup_logging(args.log_level)
     from mtl_jax import configurables, gin_config
     from mtl_jax.experiment import ConfigError

@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from mtl_jax import features as F
-from mtl_jax.training import losses
+from mtl_jax.models import losses
 from mtl_jax.training import objectives as obj
 from mtl_jax.training import optimizers as opt
 from mtl_jax.training import partitioning as part

@@ -34,8 +34,8 @@ from mtl_jax.models.layers import (  # noqa: E402
     dot_product_attention,
     padding_mask,
 )
+from mtl_jax.models.losses import normalize, token_cross_entropy  # noqa: E402
 from mtl_jax.models.t5 import T5Config, T5Model, relative_position_bucket  # noqa: E402
-from mtl_jax.training.losses import normalize, token_cross_entropy  # noqa: E402
 
 
 def _loss_logits_grads(model, enc, dec_in, targets, weights):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtl_jax.models.layers import dropout, param
-from mtl_jax.training.losses import classification_cross_entropy, masked_logits, squared_error
+from mtl_jax.models.losses import classification_cross_entropy, masked_logits, squared_error
 
 
 class TaskHeads(nnx.Module):

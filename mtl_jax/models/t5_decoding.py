@@ -9,8 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.models.losses import token_cross_entropy
 from mtl_jax.models.t5 import T5Model
-from mtl_jax.training.losses import token_cross_entropy
 
 
 def shift_right(targets: jax.Array, start_id: int = 0) -> jax.Array:

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtl_jax import features as F
+from mtl_jax.models import losses
 from mtl_jax.models.heads import per_example_loss
-from mtl_jax.training import losses
 
 Batch = dict[str, jax.Array]
 

@@ -1,4 +1,4 @@
-"""Losses shared by the trainer, the models' parity tests and the evaluators.
+"""Losses shared by the models' heads and decoders, the trainer, the parity tests and the evaluators.
 
 Every function returns per-token or per-example values together with their weights, so the caller
 can both reduce them and split them by task (``per_task_mean``) without a second pass.
