@@ -36,13 +36,12 @@ def _cell_baselines(
 ) -> tuple[float, np.ndarray]:
     """(majority-class score, ``draws`` random-predictor scores) of one cell."""
     labels = np.asarray(cell.labels).astype(np.int64)
+    fn = M.get_metric(metric)
     if M.is_ranking_metric(metric):
         if cell.groups is None:
             raise ValueError(f"chance: metric {metric!r} needs the query ids of the cell")
-        fn = M.get_metric(metric)
         scores = [fn(labels, rng.random(len(labels)), groups=cell.groups) for _ in range(draws)]
         return -np.inf, np.asarray(scores)
-    fn = M.get_metric(metric)
     kwargs = {"classes": list(range(num_classes))} if metric in ("macro_f1", "micro_f1") else {}
     majority = np.full_like(labels, np.bincount(labels, minlength=num_classes).argmax())
     scores = [fn(labels, rng.integers(0, num_classes, len(labels)), **kwargs)
