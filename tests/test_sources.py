@@ -186,6 +186,8 @@ def test_bundled_xnli_mix_has_every_language():
 
 
 # --------------------------------------------------------------------------- malformed rows
+# Through ``sources``: the dataset's ``where``, the spec's ``on_bad_row`` and ``last_read_stats``
+# reach every dataset's reader. Every format x every kind of bad input: tests/test_bad_input.py.
 
 
 def _write(path: Path, text: str) -> Path:

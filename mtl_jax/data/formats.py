@@ -27,6 +27,11 @@ Release formats (facts checked against the publishers' loaders, see README "Data
   sets, each a list of paragraph strings (flattened by :func:`flatten_evidence`).
 - mC4 (allenai/c4 ``multilingual/``): ``c4-{lang}.tfrecord-NNNNN-of-NNNNN.json.gz`` and
   ``c4-{lang}-validation.tfrecord-...json.gz``, gzipped JSON lines with ``text``, ``timestamp``, ``url``.
+
+Files are read as bytes and decoded line by line, so a line that is not UTF-8 is one bad row (with
+its number) rather than a crash of the whole read. A UTF-8 BOM, CRLF line ends and blank lines are
+read correctly; an empty file, a header without rows and unreadable gzip data are whole-file errors.
+The full matrix of bad inputs and their outcomes is in ``docs/data_formats.md``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import hashlib
 import io
 import json
 import logging
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -86,6 +92,20 @@ LABEL_FIELD = {
     "qam": "label",
     "wpr": "relavance_label",
     "ctkfacts_nli": "label",
+}
+
+
+# The text fields a row cannot do without: each group needs at least one non-empty
+# (non-whitespace) field. An example with no text to classify is a broken row, not data.
+REQUIRED_TEXT: dict[str, tuple[tuple[str, ...], ...]] = {
+    "xnli": (("premise",), ("hypothesis",)),
+    "pawsx": (("sentence1",), ("sentence2",)),
+    "nc": (("news_title", "news_body"),),
+    "qadsm": (("query",), ("ad_title", "ad_description")),
+    "qam": (("question",), ("answer",)),
+    "wpr": (("query",), ("web_page_title", "web_page_snippet")),
+    "ctkfacts_nli": (("claim",),),
+    "mc4": (("text",),),
 }
 
 
@@ -172,12 +192,108 @@ def _read_rows(
     _log_stats(stats, where)
 
 
-def _text_lines(path: Path, opener: Callable[..., Any]) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) for every non-empty line of a (possibly gzipped) text file."""
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                yield line_no, line
+_BOM = b"\xef\xbb\xbf"
+
+
+def _lines(
+    path: Path, *, where: str, what: str, header: bool = False, gz: bool = False
+) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw bytes) of every non-blank line of a (possibly gzipped) file.
+
+    Bytes, not text, so that a line that is not UTF-8 becomes one bad row (decoded by the row's
+    parser, where ``on_bad_row`` applies) instead of a UnicodeDecodeError for the whole file.
+    Lines end at ``\n``, ``\r\n`` or ``\r`` (as Python's text mode splits them), a UTF-8 BOM
+    before line 1 is dropped, and a line that is empty or only spaces is not a row (a line with a
+    tab is: its columns are empty). Whole-file faults raise :class:`DataFormatError` whatever
+    ``on_bad_row`` says: no line at all (``what`` says what was expected), a header and no rows,
+    and gzip data that ends early or is corrupt.
+    """
+    opener: Callable[..., Any] = gzip.open if gz else open
+    line_no = 0
+    seen = 0
+    try:
+        with opener(path, "rb") as f:
+            for chunk in f:
+                for raw in chunk.splitlines():
+                    line_no += 1
+                    if line_no == 1 and raw.startswith(_BOM):
+                        raw = raw[len(_BOM) :]
+                    if not raw.strip(b" "):
+                        continue
+                    seen += 1
+                    yield line_no, raw
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        if not gz:
+            raise
+        at = f"after row {line_no}" if line_no else "before its first row"
+        raise DataFormatError(
+            f"{where}: {path}, {at}: truncated or corrupt gzip data ({e}); "
+            "expected a complete gzip file (an interrupted download?)"
+        ) from None
+    if seen == 0:
+        expected = "a header line" if header else what
+        raise DataFormatError(f"{where}: {path} is empty (expected {expected})")
+    if header and seen == 1:
+        raise DataFormatError(
+            f"{where}: {path} has a header but no rows (expected {what} after the header)"
+        )
+
+
+def _decode(raw: bytes) -> str:
+    """One line's text; bytes that are not UTF-8 are a bad row naming the offending byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _RowError(
+            f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line); "
+            "expected UTF-8 text"
+        ) from None
+
+
+_JSON_TYPES = {
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+    list: "array",
+    dict: "object",
+}
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _json(value: object) -> str:
+    """A value as the file spells it (``null``, ``["a"]``), cut short for messages."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_object(raw: bytes) -> dict:
+    """One JSON-lines row as a dict (bad UTF-8, bad JSON or a non-object is a bad row)."""
+    try:
+        obj = json.loads(_decode(raw))
+    except json.JSONDecodeError as e:
+        raise _RowError(f"not valid JSON ({e.msg}); expected one JSON object per line") from None
+    if not isinstance(obj, dict):
+        raise _RowError(f"a JSON {_json_type(obj)}; expected a JSON object")
+    return obj
+
+
+def _require_text(dataset: str, record: dict) -> None:
+    """A bad row unless each :data:`REQUIRED_TEXT` group of ``dataset`` has some non-blank text."""
+    for group in REQUIRED_TEXT[dataset]:
+        for name in group:  # a plain loop: this runs once per row of every file
+            if record[name].strip():
+                break
+        else:
+            if len(group) == 1:
+                raise _RowError(f"empty text in {group[0]}; expected a non-empty {group[0]}")
+            raise _RowError(
+                f"empty text in {' and '.join(group)}; expected at least one of them non-empty"
+            )
 
 
 def _log_stats(stats: ReadStats, where: str) -> None:
@@ -215,19 +331,33 @@ def _label_name(dataset: str, raw: str, *, aliases: dict[str, str] | None = None
     names = LABEL_NAMES[dataset]
     if value not in names:
         expected = sorted(set(names) | set(aliases or {}))
+        if _is_number(value):
+            raise _RowError(
+                f"label {raw!r} is a number; expected a label name, one of {expected} (this "
+                "format names its labels; numeric ids differ between releases)"
+            )
         raise _RowError(f"unknown label {raw!r}; expected one of {expected}")
     return value
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _label_from_digits(dataset: str, raw: str) -> str:
     """XGLUE/PAWS-X style numeric labels (``"0"``..) -> the name at that ClassLabel index."""
     names = LABEL_NAMES[dataset]
     value = raw.strip()
-    if value.isdigit() and int(value) < len(names):
-        return names[int(value)]
-    raise _RowError(
-        f"unknown label {raw!r}; expected an integer 0..{len(names) - 1} ({', '.join(names)})"
-    )
+    expected = f"expected an integer 0..{len(names) - 1} ({', '.join(names)})"
+    if not (value.isascii() and value.isdigit()):  # "1.0", "-1", "same", "²" are not ids
+        raise _RowError(f"label {raw!r} is not an integer; {expected}")
+    if int(value) >= len(names):
+        raise _RowError(f"unknown label {raw!r}; {expected}")
+    return names[int(value)]
 
 
 _XNLI_ALIASES = {"contradictory": "contradiction"}
@@ -240,31 +370,31 @@ def _pawsx_label(raw: str) -> int:
 # --------------------------------------------------------------------------- TSV core
 
 
-def _tsv_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(1-based line number, tab-split fields) for every non-empty line; no quoting (QUOTE_NONE)."""
-    with open(path, encoding="utf-8", newline="") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            yield line_no, line.split("\t")
+def _tsv_fields(raw: bytes) -> list[str]:
+    """A TSV line's tab-separated fields; no quoting (QUOTE_NONE), as the releases are written."""
+    return _decode(raw).split("\t")
 
 
 def _fields(values: list[str], names: Sequence[str]) -> dict[str, str]:
     if len(values) != len(names):
         missing = "missing field(s)" if len(values) < len(names) else "extra field(s)"
         raise _RowError(
-            f"{missing}: got {len(values)} tab-separated column(s), expected {len(names)} "
+            f"{missing}: got {len(values)} tab-separated column(s); expected {len(names)} "
             f"({', '.join(names)})"
         )
     return dict(zip(names, values, strict=True))
 
 
-def _read_header(lines: Iterator[tuple[int, list[str]]], path: Path, where: str) -> list[str]:
+def _read_header(lines: Iterator[tuple[int, bytes]], path: Path, where: str) -> list[str]:
+    """The header's column names (an empty file raises in :func:`_lines`; bad UTF-8 here)."""
     try:
-        _, header = next(lines)
-    except StopIteration:
+        line_no, raw = next(lines)
+    except StopIteration:  # pragma: no cover - _lines raises first
         raise DataFormatError(f"{where}: {path} is empty (expected a header line)") from None
+    try:
+        header = _tsv_fields(raw)
+    except _RowError as e:
+        raise DataFormatError(f"{where}: {path}, row {line_no} (header): {e}") from None
     return [h.strip() for h in header]
 
 
@@ -291,16 +421,17 @@ def read_xnli_pairs_tsv(
 ) -> Iterator[dict]:
     """XTREME ``{split}-{lang}.tsv`` or XGLUE ``XNLI/{lang}.{dev,test}``: premise, hypothesis, label."""
     path = Path(path)
-    _require_file(path, where, "premise<TAB>hypothesis<TAB>label lines")
+    what = "premise<TAB>hypothesis<TAB>label lines"
+    _require_file(path, where, what)
 
-    def parse(values: list[str]) -> dict | None:
-        f = _fields(values, ("premise", "hypothesis", "label"))
+    def parse(raw: bytes) -> dict | None:
+        f = _fields(_tsv_fields(raw), ("premise", "hypothesis", "label"))
         f["label"] = _label_name("xnli", f["label"], aliases=_XNLI_ALIASES)
+        _require_text("xnli", f)
         return f
 
-    yield from _read_rows(
-        _tsv_lines(path), parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats
-    )
+    lines = _lines(path, where=where, what=what)
+    yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
 
 
 XNLI_MT_HEADER = ("premise", "hypo", "label")
@@ -312,19 +443,24 @@ def read_xnli_mt_train(
     """XNLI-MT ``multinli.train.{lang}.tsv`` (header premise/hypo/label, ``contradictory``)."""
     path = Path(path)
     _require_file(path, where, "an XNLI-MT train file with header premise<TAB>hypo<TAB>label")
-    lines = _tsv_lines(path)
+    lines = _lines(path, where=where, what="premise<TAB>hypo<TAB>label lines", header=True)
     header = _read_header(lines, path, where)
     _header_index(header, XNLI_MT_HEADER, path, where, exact=True)
 
-    def parse(values: list[str]) -> dict | None:
-        f = _fields(values, header)
-        return {
+    def parse(raw: bytes) -> dict | None:
+        f = _fields(_tsv_fields(raw), header)
+        record = {
             "premise": f["premise"],
             "hypothesis": f["hypo"],
             "label": _label_name("xnli", f["label"], aliases=_XNLI_ALIASES),
         }
+        _require_text("xnli", record)
+        return record
 
     yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
+
+
+XNLI_1_0_COLUMNS = ("language", "gold_label", "sentence1", "sentence2")
 
 
 def read_xnli_1_0(
@@ -335,27 +471,43 @@ def read_xnli_1_0(
     on_bad_row: OnBadRow = "error",
     stats: ReadStats | None = None,
 ) -> Iterator[dict]:
-    """XNLI 1.0 ``xnli.{dev,test}.tsv`` (all languages, header), filtered to ``language``."""
+    """XNLI 1.0 ``xnli.{dev,test}.tsv`` (all languages, header), filtered to ``language``.
+
+    Every row must have the header's column count; label and text are checked only in rows of
+    ``language`` (the others are not read). A file without a single row of ``language`` is an
+    error, as it almost certainly is the wrong file.
+    """
     path = Path(path)
     _require_file(path, where, "the XNLI 1.0 TSV with a header")
-    lines = _tsv_lines(path)
+    lines = _lines(path, where=where, what="one row per sentence pair", header=True)
     header = _read_header(lines, path, where)
-    idx = _header_index(
-        header, ("language", "gold_label", "sentence1", "sentence2"), path, where, exact=False
-    )
+    idx = _header_index(header, XNLI_1_0_COLUMNS, path, where, exact=False)
+    present: set[str] = set()
 
-    def parse(values: list[str]) -> dict | None:
+    def parse(raw: bytes) -> dict | None:
+        values = _tsv_fields(raw)
         if len(values) != len(header):
-            raise _RowError(f"got {len(values)} column(s), expected {len(header)} (the header's)")
+            missing = "missing field(s)" if len(values) < len(header) else "extra field(s)"
+            raise _RowError(
+                f"{missing}: got {len(values)} column(s); expected {len(header)} (the header's)"
+            )
+        present.add(values[idx["language"]])
         if values[idx["language"]] != language:
             return None
-        return {
+        record = {
             "premise": values[idx["sentence1"]],
             "hypothesis": values[idx["sentence2"]],
             "label": _label_name("xnli", values[idx["gold_label"]], aliases=_XNLI_ALIASES),
         }
+        _require_text("xnli", record)
+        return record
 
     yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
+    if language not in present:
+        raise DataFormatError(
+            f"{where}: {path} has no row in language {language!r}; expected some "
+            f"(languages present: {sorted(present)})"
+        )
 
 
 # --------------------------------------------------------------------------- PAWS-X
@@ -366,19 +518,21 @@ def read_pawsx_xtreme_tsv(
 ) -> Iterator[dict]:
     """XTREME ``{split}-{lang}.tsv``: sentence1, sentence2, label (0 = different, 1 = same)."""
     path = Path(path)
-    _require_file(path, where, "sentence1<TAB>sentence2<TAB>label lines")
+    what = "sentence1<TAB>sentence2<TAB>label lines"
+    _require_file(path, where, what)
 
-    def parse(values: list[str]) -> dict | None:
-        f = _fields(values, ("sentence1", "sentence2", "label"))
-        return {
+    def parse(raw: bytes) -> dict | None:
+        f = _fields(_tsv_fields(raw), ("sentence1", "sentence2", "label"))
+        record = {
             "sentence1": f["sentence1"],
             "sentence2": f["sentence2"],
             "label": _pawsx_label(f["label"]),
         }
+        _require_text("pawsx", record)
+        return record
 
-    yield from _read_rows(
-        _tsv_lines(path), parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats
-    )
+    lines = _lines(path, where=where, what=what)
+    yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
 
 
 PAWSX_ORIGINAL_HEADER = ("id", "sentence1", "sentence2", "label")
@@ -390,19 +544,23 @@ def read_pawsx_original_tsv(
     """Original PAWS-X / XGLUE PAWSX ``{lang}/{train,dev_2k,test_2k}.tsv`` (header id/s1/s2/label)."""
     path = Path(path)
     _require_file(path, where, "a PAWS-X TSV with header id<TAB>sentence1<TAB>sentence2<TAB>label")
-    lines = _tsv_lines(path)
+    lines = _lines(
+        path, where=where, what="id<TAB>sentence1<TAB>sentence2<TAB>label lines", header=True
+    )
     header = _read_header(lines, path, where)
     # The machine-translated train files call the last column "noisy_label".
     header = ["label" if h == "noisy_label" else h for h in header]
     _header_index(header, PAWSX_ORIGINAL_HEADER, path, where, exact=True)
 
-    def parse(values: list[str]) -> dict | None:
-        f = _fields(values, header)
-        return {
+    def parse(raw: bytes) -> dict | None:
+        f = _fields(_tsv_fields(raw), header)
+        record = {
             "sentence1": f["sentence1"],
             "sentence2": f["sentence2"],
             "label": _pawsx_label(f["label"]),
         }
+        _require_text("pawsx", record)
+        return record
 
     yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
 
@@ -442,20 +600,21 @@ def read_xglue_tsv(
         )
     path = Path(path)
     columns = XGLUE_COLUMNS[dataset]
-    _require_file(path, where, f"XGLUE {dataset.upper()} lines {'<TAB>'.join(columns)}")
+    what = f"XGLUE {dataset.upper()} lines {'<TAB>'.join(columns)}"
+    _require_file(path, where, what)
     label_field = LABEL_FIELD[dataset]
     query_ids: dict[str, int] = {}
 
-    def parse(values: list[str]) -> dict | None:
-        f = _fields(values, columns)
+    def parse(raw: bytes) -> dict | None:
+        f = _fields(_tsv_fields(raw), columns)
         f[label_field] = _xglue_label(dataset, f[label_field])
-        if dataset == "wpr":
+        _require_text(dataset, f)
+        if dataset == "wpr":  # after every check: a skipped row takes no query id
             f = {"query_id": query_ids.setdefault(f["query"], len(query_ids)), **f}
         return f
 
-    yield from _read_rows(
-        _tsv_lines(path), parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats
-    )
+    lines = _lines(path, where=where, what=what)
+    yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
 
 
 # --------------------------------------------------------------------------- CTKFacts
@@ -530,16 +689,12 @@ def read_ctkfacts_jsonl(
     dropped and counted in ``stats.dropped_no_evidence`` (not an error).
     """
     path = Path(path)
-    _require_file(path, where, "JSON lines with keys " + ", ".join(CTKFACTS_KEYS))
+    what = "JSON lines with keys " + ", ".join(CTKFACTS_KEYS)
+    _require_file(path, where, what)
     stats = stats if stats is not None else ReadStats(str(path))  # parse counts drops in it
 
-    def parse(line: str) -> dict | None:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise _RowError(f"not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise _RowError("expected a JSON object")
+    def parse(raw: bytes) -> dict | None:
+        obj = _json_object(raw)
         missing = [k for k in CTKFACTS_KEYS if k not in obj]
         if missing:
             raise _RowError(f"missing field(s) {missing}; expected keys {list(CTKFACTS_KEYS)}")
@@ -550,15 +705,21 @@ def read_ctkfacts_jsonl(
                 f"{list(CTKFACTS_LABELS)} (integer ids are ambiguous across releases)"
             )
         if not isinstance(label, str):
-            raise _RowError(f"label {label!r} is not a string")
+            raise _RowError(
+                f"label {_json(label)} is a JSON {_json_type(label)}; expected a label name (a string), "
+                f"one of {list(CTKFACTS_LABELS)}"
+            )
         if not isinstance(obj["claim"], str):
-            raise _RowError(f"claim {obj['claim']!r} is not a string")
+            raise _RowError(
+                f"claim {_json(obj['claim'])} is a JSON {_json_type(obj['claim'])}; expected a string"
+            )
         record = {
             "id": obj["id"],
             "claim": obj["claim"],
             "evidence": flatten_evidence(obj["evidence"]),
             "label": _label_name("ctkfacts_nli", label),
         }
+        _require_text("ctkfacts_nli", record)
         if split is not None and raw_export_split(obj) != split:
             return None
         if not any(p.strip() for p in record["evidence"]):
@@ -566,24 +727,36 @@ def read_ctkfacts_jsonl(
             return None
         return record
 
-    yield from _read_rows(
-        _text_lines(path, open), parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats
-    )
+    lines = _lines(path, where=where, what=what)
+    yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
 
 
 def is_ctkfacts_raw_export(path: Path) -> bool:
     """True when the first record's evidence is a list (raw export) rather than a string (NLI)."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
                 try:
-                    return isinstance(json.loads(line).get("evidence"), list)
-                except (json.JSONDecodeError, AttributeError):
+                    obj = json.loads(raw.removeprefix(_BOM).decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
                     return False
+                return isinstance(obj, dict) and isinstance(obj.get("evidence"), list)
     return False
 
 
 # --------------------------------------------------------------------------- mC4
+
+
+def _mc4_record(raw: bytes) -> dict:
+    """One mC4 line -> ``{"text": ...}`` (other keys, e.g. timestamp and url, are not kept)."""
+    obj = _json_object(raw)
+    if "text" not in obj:
+        raise _RowError("missing field(s) ['text']; expected a JSON object with a string 'text'")
+    if not isinstance(obj["text"], str):
+        raise _RowError(f"field 'text' is a JSON {_json_type(obj['text'])}; expected a string")
+    record = {"text": obj["text"]}
+    _require_text("mc4", record)
+    return record
 
 
 def read_mc4_json_gz(
@@ -597,20 +770,11 @@ def read_mc4_json_gz(
     if not paths:
         raise FileNotFoundError(f"{where}: no mC4 shard files given")
     stats = stats if stats is not None else ReadStats(", ".join(str(p) for p in paths))
+    what = "gzipped JSON lines with a 'text' field"
     for path in paths:
         path = Path(path)
-        _require_file(path, where, "gzipped JSON lines with a 'text' field")
-
-        def parse(line: str) -> dict:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise _RowError(f"not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise _RowError("missing field 'text'; expected a JSON object with a string 'text'")
-            return {"text": obj["text"]}
-
-        rows = _row_parsers(_text_lines(path, gzip.open), parse)
+        _require_file(path, where, what)
+        rows = _row_parsers(_lines(path, where=where, what=what, gz=True), _mc4_record)
         yield from _guard(rows, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
     _log_stats(stats, where)
 
@@ -654,6 +818,21 @@ def write_xnli_mt_train(path: Path, records: Iterable[dict]) -> None:
         for r in records
     )
     _write_tsv(Path(path), rows, header=XNLI_MT_HEADER)
+
+
+def write_xnli_1_0(path: Path, records: Iterable[dict]) -> None:
+    """XNLI 1.0 ``xnli.{dev,test}.tsv`` (records carry ``language``); the columns the reader uses
+    plus ``pairID`` (the release has more, which the reader ignores)."""
+    rows = (
+        (r["language"], r["label"], r["premise"], r["hypothesis"], i) for i, r in enumerate(records)
+    )
+    _write_tsv(Path(path), rows, header=(*XNLI_1_0_COLUMNS, "pairID"))
+
+
+def write_pawsx_original_tsv(path: Path, records: Iterable[dict]) -> None:
+    """Original PAWS-X ``{lang}/{split}.tsv``: header id/sentence1/sentence2/label, ids from 1."""
+    rows = ((i, r["sentence1"], r["sentence2"], int(r["label"])) for i, r in enumerate(records, 1))
+    _write_tsv(Path(path), rows, header=PAWSX_ORIGINAL_HEADER)
 
 
 def write_pawsx_xtreme_tsv(path: Path, records: Iterable[dict]) -> None:
