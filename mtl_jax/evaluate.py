@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step", default="best", help="a step number, 'best' or 'latest'")
     p.add_argument("--output_dir", default=None)
     p.add_argument("--log_level", default="WARNING")
+    from mtl_jax import distributed
+
+    distributed.add_flags(p)
     return p.parse_args(argv)
 
 
@@ -43,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     from mtl_jax.cli_logging import setup_logging
 
     setup_logging(args.log_level)
+    from mtl_jax import distributed
+
+    try:
+        distributed.initialize(distributed.launch_from(args))
+    except distributed.DistributedConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from mtl_jax import configurables, experiment, gin_config
     from mtl_jax.evaluation import tables
     from mtl_jax.training.checkpoints import CheckpointStore, IncompatibleCheckpointError
@@ -83,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no evaluation task of mixture {cfg.mixture!r} has a {args.split!r} split",
               file=sys.stderr)
         return 2
-    outcome = evaluator(state, step)
+    outcome = evaluator(state, step)  # every process takes part; process 0 reports
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print(f"{args.split} results of {ckpt_dir} step {step} "
           f"(average over all tasks and languages {100 * outcome.score:.2f}):")
     print(outcome.summary)

@@ -22,7 +22,7 @@ from flax import nnx
 from mtl_jax import features as F
 from mtl_jax.data import eval_sets, mixtures, tasks
 from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
-from mtl_jax.data.iterator import mixture_iterator
+from mtl_jax.data.iterator import sharded_mixture_iterator
 from mtl_jax.evaluation import tables
 from mtl_jax.evaluation.plots import eval_record
 from mtl_jax.models import hf_io
@@ -266,11 +266,18 @@ class Experiment:
         )
 
     def train_batches(self) -> Any:
-        local = self.cfg.batch_size // jax.process_count()
-        shard = eval_sets.process_shard(jax.process_index(), jax.process_count())
-        return mixture_iterator(
-            self.cfg.mixture, "train", self.cfg.sequence_length, local,
-            converter(self.cfg, self.layout, self.vocab), self.cfg.seed, shard_info=shard,
+        shards = self.cfg.data_shards or jax.process_count()
+        batch = self.cfg.batch_size
+        start, stop = part.local_rows(self.batch_sharding, batch)
+        if shards < 1 or batch % shards or start % (batch // shards) or stop % (batch // shards):
+            raise ConfigError(
+                f"TrainConfig.data_shards={shards}: each global batch of {batch} rows is built from "
+                f"{shards} equal blocks, and this process ({jax.process_index()} of "
+                f"{jax.process_count()}) holds rows [{start}, {stop}); use a divisor of "
+                "TrainConfig.batch_size that is a multiple of the number of processes")
+        return sharded_mixture_iterator(
+            self.cfg.mixture, self.cfg.sequence_length, batch, (start, stop), shards,
+            converter(self.cfg, self.layout, self.vocab), self.cfg.seed,
             batch_mode=self.cfg.batch_mode,
         )
 
@@ -404,9 +411,10 @@ class Evaluator:
         outs: list[dict[str, np.ndarray]] = []
         examples = self.examples(info.name)
         batch_size = min(self.batch_size, len(examples) + (-len(examples)) % self.dp)
+        batch_size = max(batch_size, self.dp)
+        rows = part.local_rows(self.exp.batch_sharding, batch_size)
         for local in eval_sets.eval_batches(
-            examples, conv, self.exp.cfg.sequence_length, max(batch_size, self.dp),
-            jax.process_index(), jax.process_count(),
+            examples, conv, self.exp.cfg.sequence_length, batch_size, rows
         ):
             if self.exp.cfg.family == "t5":
                 local[CANDIDATES] = np.broadcast_to(

@@ -35,6 +35,11 @@ class TrainConfig:
     micro_batches: int = 1
     pack: bool = False
     batch_mode: str = "heterogeneous"
+    # Training batches are built from this many data shards (each global batch is data_shards
+    # blocks of batch_size / data_shards rows, block k from shard k). None = the process count.
+    # Fix it (a multiple of every process count you will use) to make runs on different numbers
+    # of processes see the same batches and resume exactly across a resize. See docs/scaling.md.
+    data_shards: int | None = None
     num_steps: int = 1000
     eval_every: int = 200
     checkpoint_every: int | None = None

@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gin_param", action="append", default=[],
                    help="binding NAME=VALUE (repeatable, later wins); bare strings need no quotes")
     p.add_argument("--log_level", default="INFO")
+    from mtl_jax import distributed
+
+    distributed.add_flags(p)
     args = p.parse_args(argv)
     if not args.gin_file:
         p.error("at least one --gin_file is required (e.g. --gin_file=demo_mt5.gin)")
@@ -39,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     from mtl_jax.cli_logging import setup_logging
 
     setup_logging(args.log_level)
+    from mtl_jax import distributed
+
+    try:
+        distributed.initialize(distributed.launch_from(args))
+    except distributed.DistributedConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     from mtl_jax import configurables, gin_config
     from mtl_jax.experiment import ConfigError
     from mtl_jax.training.checkpoints import IncompatibleCheckpointError
@@ -65,6 +75,7 @@ def run(cfg) -> int:
     import jax
 
     from mtl_jax import experiment
+    from mtl_jax.distributed import agree, preemption_sync_available
     from mtl_jax.evaluation import plots, tables
     from mtl_jax.features import count_real_tokens
     from mtl_jax.training.checkpoints import CheckpointStore, check_compatible
@@ -75,7 +86,9 @@ def run(cfg) -> int:
     model_dir = Path(cfg.model_dir)
     store_dir = model_dir / "checkpoints"
     latest = None
-    if store_dir.is_dir():
+    # Every process must take the same branch (orbax synchronises processes inside): process 0's
+    # view of the directory decides, before anyone writes to it.
+    if agree(store_dir.is_dir()):
         probe = CheckpointStore(store_dir, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
                                 async_save=False)
         latest = probe.latest_step()
@@ -104,6 +117,7 @@ def run(cfg) -> int:
         batches=exp.train_batches(), to_global=exp.to_global, evaluate=evaluator, store=store,
         run_log=run_log, run_config=run_config, count_tokens=count_real_tokens,
         task_names=list(exp.layout.heads), show_progress=cfg.progress,
+        preemption_sync=preemption_sync_available(),
     )
     store.close()
     run_log.close()

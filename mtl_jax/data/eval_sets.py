@@ -37,11 +37,6 @@ def load_examples(
     return list(ds.as_numpy_iterator())
 
 
-def process_shard(index: int, count: int) -> seqio.ShardInfo:
-    """The data shard of process ``index`` of ``count`` (multi-host input pipelines)."""
-    return seqio.ShardInfo(index=index, num_shards=count)
-
-
 def label_candidates(info: TaskInfo, length: int) -> np.ndarray:
     """Token ids of every label name (EOS appended, 0-padded): ``[num_labels, length]``.
 
@@ -66,25 +61,26 @@ def eval_batches(
     converter: FeatureConverter,
     sequence_length: Mapping[str, int],
     batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of each global batch of ``batch_size``; ``valid`` marks real rows.
 
-    Global batch k holds examples ``[k*B, (k+1)*B)``; process p contributes the contiguous rows
-    ``[p*B/P, (p+1)*B/P)`` of it, which is how ``make_array_from_process_local_data`` lays them out.
+    Global batch k holds examples ``[k*B, (k+1)*B)``; this process builds its rows
+    ``[start, stop)`` of each (``partitioning.local_rows``: what its devices hold), which is how
+    ``make_array_from_process_local_data`` lays them out. Default: the whole batch.
     """
-    if batch_size % process_count:
-        raise ValueError(f"eval batch size {batch_size} not divisible by {process_count} processes")
-    local = batch_size // process_count
-    for start in range(0, max(len(examples), 1), batch_size):
-        rows = examples[start + process_index * local : start + (process_index + 1) * local]
+    start, stop = rows if rows is not None else (0, batch_size)
+    if not 0 <= start < stop <= batch_size:
+        raise ValueError(f"rows {rows} are not a range inside an eval batch of {batch_size}")
+    local = stop - start
+    for first in range(0, max(len(examples), 1), batch_size):
+        chunk = examples[first + start : first + stop]
         builder = converter.builder(local, sequence_length)
-        for ex in rows:
+        for ex in chunk:
             if not builder.add(ex):
                 raise ValueError("an evaluation example does not fit its own row")
         batch = builder.build()
         valid = np.zeros((local,), np.int32)
-        valid[: len(rows)] = 1
+        valid[: len(chunk)] = 1
         batch[VALID] = valid
         yield batch

@@ -463,3 +463,89 @@ def mixture_iterator(
         shuffle=shuffle,
         repeat=repeat,
     )
+
+
+class ShardedBatches:
+    """This process's rows of every global batch, built from fixed *data shards*.
+
+    The global batch of ``B`` rows is ``num_shards`` blocks of ``B / num_shards`` rows; block k
+    always comes from data shard k (a :class:`BatchIterator` reading seqio shard k of K of every
+    task). A process builds the blocks its devices hold. The global batches therefore depend on
+    ``num_shards``, never on how many processes share the work: a 2-process run and a 1-process
+    run with the same ``num_shards`` see the same batches, and a run resumed on another process
+    count continues each shard's stream exactly (when both counts divide ``num_shards``).
+
+    The state is one entry per shard this process builds (``{"shards": {k: state}}``); the
+    trainer merges every process's entries into one list ordered by shard.
+    """
+
+    def __init__(self, shards: Mapping[int, BatchIterator], num_shards: int) -> None:
+        if not shards:
+            raise ValueError("ShardedBatches needs at least one shard")
+        bad = [k for k in shards if not 0 <= k < num_shards]
+        if bad:
+            raise ValueError(f"shard indices {bad} outside 0..{num_shards - 1}")
+        self.num_shards = int(num_shards)
+        self._shards = dict(sorted(shards.items()))
+
+    @property
+    def shard_indices(self) -> list[int]:
+        return list(self._shards)
+
+    def __iter__(self) -> ShardedBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(it) for it in self._shards.values()]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"num_shards": self.num_shards,
+                "shards": {str(k): it.get_state() for k, it in self._shards.items()}}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restore this process's shards from a state holding (at least) all of them."""
+        saved = {int(k): v for k, v in state["shards"].items()}
+        if int(state["num_shards"]) != self.num_shards:
+            raise ValueError(
+                f"the checkpoint's data has {state['num_shards']} shards, this run "
+                f"{self.num_shards}")
+        missing = [k for k in self._shards if k not in saved]
+        if missing:
+            raise ValueError(f"the checkpoint's data state lacks shards {missing}")
+        for k, it in self._shards.items():
+            it.set_state(saved[k])
+
+
+def sharded_mixture_iterator(
+    mixture_name: str,
+    sequence_length: Mapping[str, int],
+    batch_size: int,
+    rows: tuple[int, int],
+    num_shards: int,
+    converter: FeatureConverter,
+    seed: int,
+    batch_mode: str = "heterogeneous",
+) -> ShardedBatches:
+    """The training batches of a mixture: rows ``[start, stop)`` of each global batch of
+    ``batch_size``, built from data shards of ``batch_size / num_shards`` rows each."""
+    if num_shards < 1 or batch_size % num_shards:
+        raise ValueError(
+            f"the global batch size {batch_size} must be divisible by the number of data shards "
+            f"({num_shards})")
+    per_shard = batch_size // num_shards
+    start, stop = rows
+    if start % per_shard or stop % per_shard:
+        raise ValueError(
+            f"this process holds rows [{start}, {stop}) of each batch of {batch_size}; with "
+            f"{num_shards} data shards of {per_shard} rows a process must hold whole shards: use a "
+            "number of data shards that is a multiple of the number of processes")
+    shards = {
+        k: mixture_iterator(mixture_name, "train", sequence_length, per_shard, converter, seed,
+                            shard_info=seqio.ShardInfo(index=k, num_shards=num_shards),
+                            batch_mode=batch_mode)
+        for k in range(start // per_shard, stop // per_shard)
+    }
+    return ShardedBatches(shards, num_shards)

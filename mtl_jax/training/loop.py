@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 
 class ResumableIterator(Protocol):
+    """This process's rows of each global batch, built from ``num_shards`` data shards; the
+    state holds the position of the shards this process builds (``{"shards": {k: ...}}``)."""
+
+    num_shards: int
+
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
     def __next__(self) -> dict[str, np.ndarray]: ...
     def get_state(self) -> dict[str, Any]: ...
@@ -87,16 +92,34 @@ class _Progress:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
+    """Turns SIGTERM into a step at which to save and stop, the same step on every process.
 
-    def __init__(self) -> None:
+    One process: a Python handler sets a flag the loop checks after each step. Many processes:
+    jax's preemption service (started by ``jax.distributed.initialize``) catches SIGTERM on any
+    process, tells the others, and every process learns the same step (the highest step any of
+    them had reached, plus one) from ``reached(step)``; our handler stays out of its way.
+    """
+
+    def __init__(self, synchronized: bool = False) -> None:
         self.requested = False
+        self.synchronized = synchronized
         self._previous: Any = None
 
     def __enter__(self) -> _Preemption:
-        if threading.current_thread() is threading.main_thread():
+        if not self.synchronized and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
+
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after ``step`` (call once per step, on every process)."""
+        if self.synchronized:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                log.warning("preemption notice (SIGTERM on some process): every process saves "
+                            "step %d and exits", step)
+                self.requested = True
+        return self.requested
 
     def _handle(self, signum: int, frame: Any) -> None:
         log.warning("SIGTERM received: saving a checkpoint after the current step, then exiting")
@@ -122,8 +145,12 @@ def run_loop(
     count_tokens: Callable[[dict[str, np.ndarray]], int],
     task_names: list[str] | None = None,
     show_progress: bool = True,
+    preemption_sync: bool = False,
 ) -> tuple[Any, LoopResult]:
-    """Train from the latest checkpoint in ``store`` (or from ``state``) to ``config.num_steps``."""
+    """Train from the latest checkpoint in ``store`` (or from ``state``) to ``config.num_steps``.
+
+    ``preemption_sync``: agree on the preemption step through jax's preemption service (many
+    processes; see ``_Preemption``)."""
     progress = _Progress()
     start = 0
     resumed_from = store.latest_step()
@@ -131,7 +158,7 @@ def run_loop(
         state, data_state, _ = store.restore(
             resumed_from, abstract_like(state, state_shardings), run_config.get("model")
         )
-        batches.set_state(data_state["iterators"][jax.process_index()])
+        _restore_data(batches, data_state["iterators"])
         progress = _Progress(**data_state.get("loop", {}))
         start = resumed_from
         run_log.truncate_after(resumed_from)
@@ -145,15 +172,14 @@ def run_loop(
 
     def save(step: int, score: float | None, force: bool = False) -> None:
         # Every process reads its own shard, so every process's position is saved.
-        data_state = {"iterators": _gather_json(batches.get_state()),
-                      "loop": dataclasses.asdict(progress)}
+        data_state = {"iterators": _data_state(batches), "loop": dataclasses.asdict(progress)}
         store.save(step, state, data_state, run_config, score=score, force=force)
 
     bar = _progress_bar(config.num_steps, start, show_progress)
     timer = _Throughput()
     pending: tuple[int, Mapping[str, Any], int] | None = None
     step = start
-    with _Preemption() as preemption:
+    with _Preemption(preemption_sync) as preemption:
         while step < config.num_steps:
             local = next(batches)
             tokens = count_tokens(local)
@@ -188,7 +214,7 @@ def run_loop(
                 timer.tick()  # evaluation time is not training throughput
             elif step % checkpoint_every == 0:
                 save(step, None)
-            if preemption.requested or stop:
+            if preemption.reached(step) or stop:
                 if pending is not None:
                     _log_train(run_log, bar, timer, *pending, task_names)
                     pending = None
@@ -206,6 +232,28 @@ def run_loop(
     result.last_step = step
     result.best_step, result.best_score = progress.best_step, progress.best_score
     return state, result
+
+
+def _data_state(batches: ResumableIterator) -> list[Any]:
+    """Every data shard's position in shard order (all processes' shards merged; a shard built
+    by several processes, when they hold the same rows, has the same position on each)."""
+    merged: dict[str, Any] = {}
+    for part in _gather_json(batches.get_state()):
+        merged.update(part["shards"])
+    return [merged[str(k)] for k in range(batches.num_shards)]
+
+
+def _restore_data(batches: ResumableIterator, saved: list[Any]) -> None:
+    if len(saved) != batches.num_shards:
+        log.warning(
+            "the checkpoint's batches were built from %d data shards, this run builds them from %d "
+            "(TrainConfig.data_shards, or the process count it defaults to, changed): the model "
+            "and optimizer state are restored exactly, the data order starts afresh. Set "
+            "TrainConfig.data_shards to a multiple of both process counts to resume exactly.",
+            len(saved), batches.num_shards)
+        return
+    batches.set_state({"num_shards": len(saved),
+                       "shards": {str(k): s for k, s in enumerate(saved)}})
 
 
 def _gather_json(obj: Any) -> list[Any]:

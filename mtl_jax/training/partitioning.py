@@ -403,6 +403,32 @@ def global_batch(
     return out
 
 
+def local_rows(sharding: NamedSharding, batch_size: int) -> tuple[int, int]:
+    """The rows ``[start, stop)`` of a global batch that this process's devices hold.
+
+    One process's rows must be contiguous (``make_array_from_process_local_data`` needs that);
+    processes whose devices only split the model (tensor axis across hosts) hold the same rows.
+    """
+    starts, stops = [], []
+    for index in sharding.addressable_devices_indices_map((batch_size,)).values():
+        rows = index[0] if index else slice(None)
+        start, stop, _ = rows.indices(batch_size)
+        starts.append(start)
+        stops.append(stop)
+    start, stop = min(starts), max(stops)
+    covered = sorted(set(zip(starts, stops, strict=True)))
+    reach = start
+    for a, b in covered:
+        if a > reach:
+            break
+        reach = max(reach, b)
+    if reach < stop:
+        raise ValueError(
+            f"process {jax.process_index()} holds rows {covered} of the batch: not one contiguous "
+            "range; order the mesh so each process's devices are adjacent on the batch axes")
+    return start, stop
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, rules: Rules, micro_batches: int = 1) -> None:
     """Fail early, naming the sizes, if a global batch cannot be split as configured."""
     dp = data_parallel_size(mesh, rules)
