@@ -70,13 +70,23 @@ def launch_train(model_dir: Path, *extra: str, devices: int = 1) -> subprocess.P
 
 
 def launch_group(module: str, args: Sequence[str], log_stem: Path, processes: int = 2,
-                 devices: int = 4, heartbeat_timeout: int = 15) -> list[subprocess.Popen]:
-    """``processes`` local processes of one run (``devices`` CPU devices each); logs
+                 devices: int = 4, heartbeat_timeout: int = 15,
+                 flags: bool = False) -> list[subprocess.Popen]:
+    """``processes`` local processes of one run (``devices`` CPU devices each), told their place
+    by JAX_* environment variables or, with ``flags``, by the CLI flags; logs
     ``{log_stem}.p{i}.log``."""
     port = free_port()
-    return [launch(module, args, Path(f"{log_stem}.p{i}.log"),
-                   env_for(devices, (i, processes, port), heartbeat_timeout))
-            for i in range(processes)]
+    procs = []
+    for i in range(processes):
+        if flags:
+            place = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
+                     f"--process_id={i}", f"--heartbeat_timeout={heartbeat_timeout}"]
+            procs.append(launch(module, [*args, *place], Path(f"{log_stem}.p{i}.log"),
+                                env_for(devices)))
+        else:
+            procs.append(launch(module, args, Path(f"{log_stem}.p{i}.log"),
+                                env_for(devices, (i, processes, port), heartbeat_timeout)))
+    return procs
 
 
 def wait_all(procs: Sequence[subprocess.Popen], timeout: float) -> list[int]:

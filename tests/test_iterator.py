@@ -343,3 +343,63 @@ def test_real_bundled_mixture_restores_exactly():
         assert ((b[F.LABELS] >= 0) & (b[F.LABELS] < 3)).all()
     seen = set(np.concatenate([b[F.TASK_ID] for b in first + expected]).tolist())
     assert seen == set(range(len(heads)))  # both formulations appear (equal rates)
+
+
+def _bundled_mixture_tasks(name: str) -> list[str]:
+    from mtl_jax.data import mixtures, sources  # noqa: F401  (registers the project's tasks)
+
+    if not sources.SAMPLES_DIR.is_dir():
+        pytest.skip(f"bundled samples not generated yet at {sources.SAMPLES_DIR}")
+    return [t.name for t in seqio.get_mixture_or_task(name).tasks]
+
+
+@pytest.mark.parametrize("mixture", ["demo_t2t"])
+def test_process_shards_of_every_bundled_task_partition_the_epoch(mixture):
+    """What each process reads of each training task (seqio shard i of 2, shuffled as training
+    reads it): together exactly one epoch, nothing twice, nothing missing."""
+    from collections import Counter
+
+    for name in _bundled_mixture_tasks(mixture):
+        task = seqio.get_mixture_or_task(name)
+
+        def read(shard: seqio.ShardInfo | None, task=task) -> Counter:
+            ds = task.get_dataset({"inputs": 64, "targets": 8}, split="train", shuffle=shard is not None,
+                                  seed=3, shard_info=shard, num_epochs=1, use_cached=False)
+            return Counter(tuple(ex["inputs"].tolist()) for ex in ds.as_numpy_iterator())
+
+        whole = read(None)
+        parts = [read(seqio.ShardInfo(i, 2)) for i in range(2)]
+        assert sum(parts[0].values()) and sum(parts[1].values()), name
+        assert parts[0] + parts[1] == whole, f"{name}: the shards are not one epoch"
+        assert abs(sum(parts[0].values()) - sum(parts[1].values())) <= 1, name
+
+
+def test_sharded_batches_do_not_depend_on_the_process_count():
+    """A global batch built by one process from 2 data shards equals the concatenation of what 2
+    processes build (one shard each); states merge and restore across the two layouts."""
+    from mtl_jax.data.iterator import ShardedBatches
+
+    def shard(k: int, n: int = 2) -> BatchIterator:
+        return _iterator(seed=5, batch_size=4, shard=seqio.ShardInfo(k, n))
+
+    one = ShardedBatches({0: shard(0), 1: shard(1)}, 2)
+    procs = [ShardedBatches({k: shard(k)}, 2) for k in range(2)]
+    for _ in range(3):
+        batch = next(one)
+        parts = [next(p) for p in procs]
+        for key in batch:
+            np.testing.assert_array_equal(batch[key], np.concatenate([p[key] for p in parts]))
+    # The processes' states, merged, restore the one-process layout exactly (and vice versa).
+    merged = {"num_shards": 2, "shards": {}}
+    for p in procs:
+        merged["shards"].update(json.loads(json.dumps(p.get_state()))["shards"])
+    resumed = ShardedBatches({0: shard(0), 1: shard(1)}, 2)
+    resumed.set_state(merged)
+    expected = _take(one, 2)
+    _assert_same_batches(_take(resumed, 2), expected)
+    back = ShardedBatches({1: shard(1)}, 2)
+    back.set_state(json.loads(json.dumps(one.get_state())))
+    np.testing.assert_array_equal(next(back)[F.ENCODER_INPUT_TOKENS],
+                                  next(one)[F.ENCODER_INPUT_TOKENS][4:])
+    with pytest.raises(ValueError, match="4 shards, this run 2"):
+        resumed.set_state({"num_shards": 4, "shards": {}})

@@ -146,7 +146,8 @@ def test_checkpoints_move_between_process_counts_and_meshes(reference, tmp_path)
             procs = [runs.launch("mtl_jax.evaluate", args, out.with_suffix(".log"),
                                  runs.env_for(8))]
         else:
-            procs = runs.launch_group("mtl_jax.evaluate", args, out, heartbeat_timeout=HEARTBEAT_S)
+            procs = runs.launch_group("mtl_jax.evaluate", args, out, heartbeat_timeout=HEARTBEAT_S,
+                                      flags=True)  # the place as flags, not environment
         assert runs.wait_all(procs, TIMEOUT) == [0] * processes
         return json.loads((out / "eval_validation_step8.json").read_text())
 
