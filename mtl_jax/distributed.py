@@ -5,9 +5,9 @@ under SLURM, Open MPI, Kubernetes and Cloud TPU. The CLIs also accept the proces
 flags or as ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` (a plain multi-node launch), and initialise
 nothing when no source says there are several processes, so one process runs exactly as before.
 
-If a peer process dies, the JAX coordination service stops the survivors: at once when the peer's
-sockets close (a crash or SIGKILL on a live host), at the latest after ``heartbeat_timeout``
-seconds when its host vanishes. Nobody waits forever in a collective.
+If a peer process dies, the JAX coordination service stops the survivors: at once when the
+coordinator (process 0) dies, within ``heartbeat_timeout`` seconds when another process does.
+Nobody waits forever in a collective.
 """
 
 from __future__ import annotations

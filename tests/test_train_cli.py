@@ -6,137 +6,55 @@ bundled samples, in subprocesses where signals are involved.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+import cli_runs as runs
 import numpy as np
 
 from mtl_jax import train as train_cli
 
-TINY = [
-    "TrainConfig.mixture=ctkfacts_t2t",
-    "T5Config.d_model=32",
-    "T5Config.d_kv=8",
-    "T5Config.d_ff=64",
-    "T5Config.num_heads=4",
-    "T5Config.num_layers=1",
-    "T5Config.num_decoder_layers=1",
-    "T5Config.dropout_rate=0.1",  # dropout on: resume must reproduce the dropout masks too
-    "TrainConfig.batch_size=8",
-    "TrainConfig.eval_batch_size=16",
-    "TrainConfig.max_eval_examples=16",
-    "TrainConfig.progress=False",
-]
-
 
 def _args(model_dir: Path, *extra: str) -> list[str]:
-    params = [*TINY, f"TrainConfig.model_dir={model_dir}", *extra]
-    return ["--gin_file=demo_mt5.gin", *[f"--gin_param={p}" for p in params]]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = ""  # one CPU device: the subprocess runs are about the loop, not sharding
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _launch(model_dir: Path, *extra: str) -> subprocess.Popen:
-    log = open(model_dir.parent / f"{model_dir.name}.log", "ab")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "mtl_jax.train", *_args(model_dir, *extra)],
-        stdout=log, stderr=subprocess.STDOUT, env=_env(),
-    )
-
-
-def _train_records(model_dir: Path) -> list[dict]:
-    lines = (model_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
-
-
-def _final_params(model_dir: Path, step: int) -> dict[str, np.ndarray]:
-    import orbax.checkpoint as ocp
-
-    path = model_dir / "checkpoints" / str(step) / "state"
-    restored = ocp.StandardCheckpointer().restore(path)
-    flat = {}
-
-    def visit(prefix: str, node: object) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                visit(f"{prefix}/{k}", v)
-        else:
-            flat[prefix] = np.asarray(node)
-
-    visit("", restored["params"])
-    return flat
-
-
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited with {proc.returncode} before {what}")
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _checkpoint_done(model_dir: Path, step: int) -> bool:
-    # Orbax writes into a temporary folder and renames it when the checkpoint is complete.
-    return (model_dir / "checkpoints" / str(step) / "state").is_dir()
-
-
-def _logged_step(model_dir: Path) -> int:
-    path = model_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
-    return max(steps, default=0)
+    return runs.cli_args(model_dir, *extra)
 
 
 def test_killed_and_preempted_run_ends_identical_to_uninterrupted(tmp_path):
     steps = ["TrainConfig.num_steps=8", "TrainConfig.eval_every=4", "TrainConfig.checkpoint_every=2"]
     reference = tmp_path / "reference"
-    assert _launch(reference, *steps).wait(timeout=900) == 0
+    assert runs.launch_train(reference, *steps).wait(timeout=900) == 0
 
     run = tmp_path / "interrupted"
-    # 1) SIGKILL right after the first checkpoint is complete.
-    proc = _launch(run, *steps)
-    _wait_for(lambda: _checkpoint_done(run, 2), proc, 600, "checkpoint 2")
+    # 1) SIGKILL right after the first checkpoint is complete; prove the kill hit a live run.
+    proc = runs.launch_train(run, *steps)
+    runs.wait_for(lambda: runs.checkpoint_done(run, 2), proc, 600, "checkpoint 2")
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert runs.logged_step(run) < 8 and not (run / "results.json").exists(), (
+        "the run had finished before the kill: the test proved nothing")
     # 2) Resume, then SIGTERM (preemption) once a later step is logged: save and exit 0.
-    proc = _launch(run, *steps)
-    _wait_for(lambda: _logged_step(run) >= 5, proc, 600, "step 5")
+    proc = runs.launch_train(run, *steps)
+    runs.wait_for(lambda: runs.logged_step(run) >= 5, proc, 600, "step 5")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 0
-    preempted_at = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    preempted_at = runs.checkpoint_steps(run)[-1]
     assert preempted_at >= 5, "SIGTERM must leave a checkpoint of the step it reached"
+    assert preempted_at < 8 and not (run / "results.json").exists(), (
+        "the run had finished before SIGTERM: the test proved nothing")
     # 3) Resume to the end.
-    assert _launch(run, *steps).wait(timeout=900) == 0
+    assert runs.launch_train(run, *steps).wait(timeout=900) == 0
 
-    ref_records, run_records = _train_records(reference), _train_records(run)
+    ref_records, run_records = runs.records(reference, "train"), runs.records(run, "train")
     assert [r["step"] for r in run_records] == list(range(1, 9))
     for a, b in zip(ref_records, run_records, strict=True):
         assert a["loss"] == b["loss"], (a["step"], a["loss"], b["loss"])
         assert a["grad_norm"] == b["grad_norm"]
-    ref_params, run_params = _final_params(reference, 8), _final_params(run, 8)
+    ref_params, run_params = runs.final_params(reference, 8), runs.final_params(run, 8)
     assert ref_params.keys() == run_params.keys()
     for name in ref_params:
         np.testing.assert_array_equal(ref_params[name], run_params[name], err_msg=name)
     # The evaluation records agree too, and the report files exist.
-    def evals(d: Path) -> list:
-        return [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
-                if r["kind"] == "eval"]
-    assert evals(reference) == evals(run)
+    assert runs.records(reference, "eval") == runs.records(run, "eval")
     for name in ("results.md", "results.csv", "results.json", "curves.png", "config.gin"):
         assert (run / name).is_file(), name
 
