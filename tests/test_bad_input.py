@@ -209,7 +209,7 @@ FORMATS: list[Fmt] = [
         unknown_label="5",
         wrong_labels=DIGITS_WRONG + (("Perfect", "is not an integer"),),
     ),
-    Fmt(
+    CTK_NLI := Fmt(
         name="ctkfacts_nli",
         filename="train.jsonl",
         kind="jsonl",
@@ -223,20 +223,8 @@ FORMATS: list[Fmt] = [
         unknown_label="MAYBE",
         wrong_labels=CTK_WRONG,
     ),
-    Fmt(
-        name="ctkfacts_export",
-        filename="export_08-30-2021.jsonl",
-        kind="jsonl",
-        write=_write_ctkfacts_export,
-        read=formats.read_ctkfacts_jsonl,
-        rows=CTK_ROWS,
-        expected=[{**r, "evidence": [r["evidence"]]} for r in CTK_ROWS],
-        missing="claim",
-        text=(("claim",),),
-        label="label",
-        unknown_label="MAYBE",
-        wrong_labels=CTK_WRONG,
-    ),
+    dataclasses.replace(CTK_NLI, name="ctkfacts_export", filename="export_08-30-2021.jsonl",
+                        write=_write_ctkfacts_export),
     Fmt(
         name="mc4",
         filename="c4-cs-validation.tfrecord-00000-of-00001.json.gz",
