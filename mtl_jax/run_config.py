@@ -46,6 +46,9 @@ class TrainConfig:
     keep_last: int = 2
     keep_best: int = 1
     patience: int | None = None
+    # Updates skipped in a row (non-finite loss, gradient norm or update: see docs/faults.md)
+    # before the run stops with exit code 3; an isolated bad batch is skipped and training goes on.
+    max_consecutive_skips: int = 3
     eval_split: str = "validation"
     eval_mode: str = "rank"  # rank | greedy (t5 only)
     eval_batch_size: int = 64
@@ -74,6 +77,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.eval_mode must be 'rank' or 'greedy', got {self.eval_mode!r}")
         if self.eval_mode == "greedy" and self.family != "t5":
             raise ValueError("TrainConfig.eval_mode='greedy' needs family='t5'")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(
+                f"TrainConfig.max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         if self.batch_size % self.micro_batches:
             raise ValueError(
                 f"TrainConfig.batch_size={self.batch_size} is not divisible by "

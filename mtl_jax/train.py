@@ -4,6 +4,8 @@ Trains one model on a mixture of tasks, evaluates every (task, language) validat
 ``TrainConfig.eval_every`` steps, keeps the best and the last checkpoints, and ends with the
 task x language table (printed, and saved as results.{md,csv,json} plus curves.png in MODEL_DIR).
 A MODEL_DIR that already holds checkpoints is resumed. SIGTERM saves a checkpoint and exits 0.
+Exit codes: 2 a configuration or input error, 3 stopped after too many non-finite steps in a row,
+4 a checkpoint could not be written or none could be read (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 log = logging.getLogger("mtl_jax.train")
 
 EXIT_CONFIG = 2
+EXIT_DIVERGED = 3  # TrainConfig.max_consecutive_skips non-finite steps in a row
+EXIT_CHECKPOINT = 4  # a checkpoint save failed, or no checkpoint could be read
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,12 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     from mtl_jax import configurables, gin_config
     from mtl_jax.experiment import ConfigError
-    from mtl_jax.training.checkpoints import IncompatibleCheckpointError
+    from mtl_jax.training.checkpoints import CheckpointError, IncompatibleCheckpointError
 
     try:
         gin_config.parse(args.gin_file, args.gin_param)
         cfg = configurables.train_config()
         return run(cfg)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CHECKPOINT
     except (gin_config.GinConfigError, ConfigError, IncompatibleCheckpointError,
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -91,10 +98,10 @@ def run(cfg) -> int:
     if agree(store_dir.is_dir()):
         probe = CheckpointStore(store_dir, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
                                 async_save=False)
-        latest = probe.latest_step()
-        if latest is not None:
-            check_compatible(probe.read_config(latest).get("model", {}), exp.model_record(),
-                             probe.step_path(latest))
+        found = probe.latest_readable_config()  # an unreadable newest one: run_loop moves it aside
+        if found is not None:
+            latest, stored = found
+            check_compatible(stored.get("model", {}), exp.model_record(), probe.step_path(latest))
         probe.close()
     # From here on MODEL_DIR is ours to write.
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +116,7 @@ def run(cfg) -> int:
     loop_cfg = LoopConfig(
         num_steps=cfg.num_steps, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
         keep_last=cfg.keep_last, keep_best=cfg.keep_best, patience=cfg.patience,
-        async_checkpoints=cfg.async_checkpoints,
+        async_checkpoints=cfg.async_checkpoints, max_consecutive_skips=cfg.max_consecutive_skips,
     )
     run_config = {"model": exp.model_record(), "gin": gin.config_str(), "mixture": cfg.mixture}
     state, result = run_loop(
@@ -124,6 +131,9 @@ def run(cfg) -> int:
     if result.preempted:
         log.warning("preempted at step %d: checkpoint saved, exiting", result.last_step)
         return 0
+    if result.diverged:
+        print(f"error: {result.diverged}", file=sys.stderr)
+        return EXIT_DIVERGED
     if jax.process_index() == 0:
         records = list(read_records(model_dir))
         primary = evaluator.primary_metrics()

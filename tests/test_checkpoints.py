@@ -1,6 +1,12 @@
-"""CheckpointStore: cross-mesh restore, retention (last K + best), incompatible-model errors."""
+"""CheckpointStore: cross-mesh restore, retention (last K + best), incompatible-model errors, and
+faults: failed saves (file-size limit, injected EACCES) and unreadable checkpoints."""
 
 from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -8,7 +14,15 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mtl_jax.training.checkpoints import CheckpointStore, IncompatibleCheckpointError, abstract_like
+from mtl_jax.training.checkpoints import (
+    CONFIG,
+    DATA,
+    CheckpointSaveError,
+    CheckpointStore,
+    CorruptCheckpointError,
+    IncompatibleCheckpointError,
+    abstract_like,
+)
 
 MODEL = {"name": "toy", "d_model": 8}
 
@@ -114,3 +128,165 @@ def test_real_train_state_restores_across_meshes(tmp_path):
         for a, b in zip(leaves, expected, strict=True):
             np.testing.assert_array_equal(np.asarray(a), b)
             assert a.sharding.mesh.devices.size == len(devices)
+
+
+# -- faults: failed saves, unreadable checkpoints ---------------------------------------------------
+
+
+def _big_state(seed: int) -> dict:
+    """~1 MiB of float32, so its data file is far above the file-size limit used below."""
+    rng = np.random.default_rng(seed)
+    return {"w": jax.numpy.asarray(rng.standard_normal((512, 512)).astype(np.float32)),
+            "step": jax.numpy.asarray(np.int32(seed))}
+
+
+def _saved_store(directory, steps=(1, 2), async_save=True) -> tuple[CheckpointStore, dict]:
+    store = CheckpointStore(directory, keep_last=2, keep_best=0, async_save=async_save)
+    states = {s: _big_state(s) for s in steps}
+    for s in steps:
+        store.save(s, states[s], {"iterators": [s]}, {"model": MODEL})
+    store.wait()
+    return store, states
+
+
+def _assert_restores(directory, states: dict) -> None:
+    """Every step of ``states`` restores bit-identically from a fresh store over ``directory``."""
+    store = CheckpointStore(directory, keep_last=2, keep_best=0)
+    assert store.all_steps() == sorted(states)
+    for step, state in states.items():
+        restored, data, _ = store.restore(step, state, MODEL)
+        assert data == {"iterators": [step]}
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    store.close()
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_disk_full_save_is_a_clear_error_and_older_checkpoints_restore(tmp_path, async_save):
+    """RLIMIT_FSIZE makes every write past 64 KiB fail with EFBIG (what a full disk looks like
+    to tensorstore). The failed save of step 3 (keep_last=2 would have deleted step 1) names the
+    step, the folder and the OS error; steps 1 and 2 restore bit-identically afterwards."""
+    import resource
+
+    directory = tmp_path / "ckpt"
+    store, states = _saved_store(directory, async_save=async_save)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(CheckpointSaveError) as info:
+            store.save(3, _big_state(3), {"iterators": [3]}, {"model": MODEL})
+            store.wait()  # the async save fails in the background and surfaces here
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(info.value)
+    assert f"could not write checkpoint 3 to {directory / '3'}" in message
+    assert "File too large [EFBIG]" in message
+    assert "steps 1, 2" in message and "rerun the same command" in message
+    store.close()  # the failure was reported once; closing does not raise it again
+    _assert_restores(directory, states)  # (and orbax's leftover temporary folder is cleaned up)
+    assert sorted(p.name for p in directory.iterdir()) == ["1", "2"]
+
+
+def test_unwritable_directory_fails_at_once_and_harms_nothing(tmp_path, monkeypatch):
+    """An unwritable checkpoint folder (EACCES injected on the first write into it; see the CLI
+    test for a real immutable folder): the save fails before orbax starts its background work."""
+    directory = tmp_path / "ckpt"
+    store, states = _saved_store(directory)
+    real_open = Path.open
+
+    def deny(self, *args, **kwargs):
+        if self.parent == directory:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", deny)
+    with pytest.raises(CheckpointSaveError, match=r"checkpoint 3 .*Permission denied \[EACCES\]"):
+        store.save(3, _big_state(3), {"iterators": [3]}, {"model": MODEL})
+    monkeypatch.undo()
+    store.close()
+    _assert_restores(directory, states)
+
+
+def _corrupt(step_dir: Path, how: str) -> None:
+    if how == "state data truncated":
+        data = max((step_dir / "state").rglob("d/*"), key=lambda p: p.stat().st_size)
+        os.truncate(data, data.stat().st_size // 2)
+    elif how == "state manifest truncated":
+        manifest = step_dir / "state" / "manifest.ocdbt"
+        os.truncate(manifest, manifest.stat().st_size // 2)
+    elif how == "data json torn":
+        (step_dir / DATA / "metadata").write_text('{"itera')
+    elif how == "config json torn":
+        (step_dir / CONFIG / "metadata").write_text('{"mod')
+    elif how == "empty folder":
+        shutil.rmtree(step_dir)
+        step_dir.mkdir()
+
+
+CORRUPTIONS = ["state data truncated", "state manifest truncated", "data json torn",
+               "config json torn", "empty folder"]
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_unreadable_latest_falls_back_to_the_previous_one(tmp_path, caplog, how):
+    directory = tmp_path / "ckpt"
+    store, states = _saved_store(directory, steps=(1, 2, 3), async_save=False)
+    store.close()
+    _corrupt(directory / "3", how)
+    store = CheckpointStore(directory, keep_last=2, keep_best=0)
+    with caplog.at_level(logging.WARNING, logger="mtl_jax.training.checkpoints"):
+        step, restored, data, config = store.restore_latest(states[3], MODEL)
+    assert step == 2 and data == {"iterators": [2]} and config["model"] == MODEL
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(states[2]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert f"checkpoint {directory / '3'} cannot be read" in warning
+    assert str(directory / "3.corrupt-1") in warning and f"checkpoint {directory / '2'}" in warning
+    # Moved aside, not deleted (keep_last=2 had already removed step 1); orbax no longer lists
+    # it, and step 3 can be saved again.
+    assert sorted(p.name for p in directory.iterdir()) == ["2", "3.corrupt-1"]
+    assert store.all_steps() == [2] and store.latest_step() == 2
+    store.save(3, states[3], {"iterators": [3]}, {"model": MODEL})
+    store.close()
+    assert sorted(p.name for p in directory.iterdir()) == ["2", "3", "3.corrupt-1"]
+
+
+def test_latest_readable_config_skips_a_torn_config_and_touches_nothing(tmp_path):
+    directory = tmp_path / "ckpt"
+    store, _ = _saved_store(directory, steps=(1, 2), async_save=False)
+    store.close()
+    _corrupt(directory / "2", "config json torn")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    store = CheckpointStore(directory, keep_last=2, keep_best=0)
+    step, config = store.latest_readable_config()
+    store.close()
+    assert step == 1 and config["model"] == MODEL
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(tmp_path):
+    directory = tmp_path / "ckpt"
+    store, states = _saved_store(directory, steps=(1, 2), async_save=False)
+    store.close()
+    _corrupt(directory / "2", "state data truncated")
+    _corrupt(directory / "1", "data json torn")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    store = CheckpointStore(directory, keep_last=2, keep_best=0)
+    with pytest.raises(CorruptCheckpointError) as info:
+        store.restore_latest(states[2], MODEL)
+    message = str(info.value)
+    assert f"no checkpoint in {directory} can be read" in message
+    assert str(directory / "2") in message and str(directory / "1") in message
+    assert "No checkpoint was moved or deleted" in message
+    assert store.latest_readable_config()[0] == 2  # its config still reads: only the state is bad
+    store.close()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_no_checkpoints_is_none(tmp_path):
+    store = CheckpointStore(tmp_path / "ckpt")
+    assert store.restore_latest({"w": np.zeros(2)}) is None
+    assert store.latest_readable_config() is None
+    store.close()

@@ -558,3 +558,92 @@ def test_eval_step_predictions():
     np.testing.assert_allclose(out["target_log_likelihood"],
                                -(ce * batch[F.DECODER_LOSS_WEIGHTS]).sum(-1), rtol=1e-5)
     np.testing.assert_array_equal(out["argmax_tokens"], logits.argmax(-1))
+
+
+# -- non-finite steps are skipped -------------------------------------------------------------------
+
+
+def _poisoned(case: str) -> tuple:
+    """(model_fn, objective, clean batch, the same batch with one NaN float feature)."""
+    if case == "encdec":
+        batch = encdec_batch(b=8, seed=21)
+        bad = {k: v.copy() for k, v in batch.items()}
+        bad[F.DECODER_LOSS_WEIGHTS][0, 0] = np.nan  # row 0: micro-batch 0 of 2 only
+        return toy_encdec(0.1), obj.EncoderDecoderObjective(num_tasks=TASKS), batch, bad
+    batch = cls_batch(b=8, seed=22)
+    bad = {k: v.copy() for k, v in batch.items()}
+    row = int(np.flatnonzero(batch[F.TASK_ID] == 2)[0])  # a regression example reads the target
+    bad[F.REGRESSION_TARGETS][row] = np.nan
+    objective = obj.ClassificationObjective(num_tasks=TASKS, num_labels=(3, 2, 1))
+    return (lambda: toy_classifier()), objective, batch, bad
+
+
+def _skip_case(model_fn, objective, optimizer, batches, micro_batches=2):
+    """Run ``batches`` on a 2-device mesh; host snapshots of the state before each step."""
+    mesh = part.make_mesh(devices=jax.devices()[:2])
+    rules = part.rules_by_name("t5x")
+    graphdef, state, shardings = ts.create_train_state(model_fn, optimizer, mesh, rules, seed=3)
+    bs = part.batch_sharding(mesh, rules)
+    step = st.make_train_step(graphdef, objective, optimizer, mesh, shardings, bs,
+                              micro_batches=micro_batches, rules=rules)
+    before, metrics = [], []
+    for b in batches:
+        before.append(helpers.host(state))
+        state, m = step(state, part.global_batch(b, mesh, bs))
+        metrics.append(jax.device_get(m))
+    return before, helpers.host(state), metrics
+
+
+def _assert_same_tree(a, b, what: str) -> None:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) > 0, what
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(x, y, err_msg=what)
+
+
+@pytest.mark.parametrize("case", ["encdec", "classifier"])
+def test_nan_batch_skips_the_update_and_the_next_step_applies(case):
+    """A NaN in a float feature the objective reads (loss weights / regression targets): params
+    and optimizer state stay bit-identical, the step counter advances, ``skipped`` = 1; the next
+    clean step updates as usual."""
+    model_fn, objective, clean, bad = _poisoned(case)
+    optimizer = opt.make_optimizer("adamw", learning_rate=1e-2)
+    before, after, metrics = _skip_case(model_fn, objective, optimizer, [clean, bad, clean])
+    assert [int(m["skipped"]) for m in metrics] == [0, 1, 0]
+    assert np.isnan(metrics[1]["loss"]) and np.isfinite(metrics[2]["loss"])
+    skipped_from, skipped_to = before[1], before[2]
+    _assert_same_tree(skipped_to.params, skipped_from.params, "params after the skipped step")
+    _assert_same_tree(skipped_to.opt_state, skipped_from.opt_state, "opt_state after the skip")
+    assert int(skipped_to.step) == int(skipped_from.step) + 1 == 2
+    # The clean steps around it moved every trainable leaf and the Adam count.
+    for x, y in zip(jax.tree.leaves(before[0].params), jax.tree.leaves(skipped_from.params),
+                    strict=True):
+        assert not np.array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(skipped_to.params), jax.tree.leaves(after.params),
+                    strict=True):
+        assert not np.array_equal(x, y)
+        assert np.all(np.isfinite(y))
+    counts = [int(np.asarray(s.opt_state[0].count)) for s in (*before, after)]
+    assert counts == [0, 1, 1, 2]
+    assert int(after.step) == 3
+
+
+@pytest.mark.parametrize("name", ["adafactor", "adamw"])
+def test_infinite_learning_rate_skips_although_loss_and_gradients_are_finite(name):
+    model_fn, objective, clean, _ = _poisoned("encdec")
+    optimizer = opt.make_optimizer(name, learning_rate=float("inf"))
+    before, after, metrics = _skip_case(model_fn, objective, optimizer, [clean], micro_batches=1)
+    m = metrics[0]
+    assert int(m["skipped"]) == 1
+    assert np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) and m["grad_norm"] > 0
+    assert np.isinf(m["learning_rate"])
+    _assert_same_tree(after.params, before[0].params, "params")
+    _assert_same_tree(after.opt_state, before[0].opt_state, "opt_state")
+    assert int(after.step) == 1
+
+
+def test_all_finite_checks_every_element():
+    assert bool(st.all_finite({"a": jnp.ones(3), "b": jnp.full((2,), 3e38)}))
+    assert not bool(st.all_finite({"a": jnp.ones(3), "b": jnp.array([1.0, jnp.inf])}))
+    assert not bool(st.all_finite([jnp.array([jnp.nan], jnp.bfloat16)]))
+    assert bool(st.all_finite({}))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from mtl_jax.evaluation.tables import Results, write_atomic
+
+log = logging.getLogger(__name__)
 
 EVAL_KIND = "eval"
 EVAL_KEYS = ("step", "split", "task", "language", "metric", "value")
@@ -66,8 +69,14 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             if number == len(lines):
-                break  # the writer died mid-line; everything before it is complete
-            raise ValueError(f"{path}:{number}: not a JSON record ({e})") from e
+                # The writer died mid-line; everything before it is complete.
+                log.warning("%s:%d: dropping a torn last line (a run killed mid-write): %.80r",
+                            path, number, line)
+                break
+            raise ValueError(
+                f"{path}:{number}: not a JSON record ({e}); only a torn LAST line is dropped, "
+                "this one is followed by others: fix or remove it by hand"
+            ) from e
         if not isinstance(record, dict):
             raise ValueError(f"{path}:{number}: a record must be a JSON object, got {record!r}")
         records.append(record)

@@ -6,11 +6,21 @@ restores onto abstract arrays carrying the *current* mesh's shardings, so a chec
 one mesh restores on another. Each checkpoint also stores the model config it was written with;
 restoring into a different model fails with a message naming the fields that differ, before any
 array is read and without touching the directory.
+
+Faults (docs/faults.md): a save that fails (disk full, directory not writable) raises
+``CheckpointSaveError`` naming the step, the directory and the OS error; orbax only deletes old
+checkpoints after a new one is complete, so the earlier ones stay restorable. A latest checkpoint
+that cannot be read (a crash mid-write without atomic rename) is moved aside to
+``<step>.corrupt-<n>`` and the next older one is restored, with a warning naming both; when none
+can be read, ``CorruptCheckpointError`` says so instead of silently starting over.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +35,18 @@ SCORE_KEY = "score"
 
 class IncompatibleCheckpointError(ValueError):
     """The checkpoint was written by a model with another configuration."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read (the message says which and what to do)."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """Writing a checkpoint failed (disk full, directory not writable, ...)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The directory holds checkpoints but none of them can be read."""
 
 
 class CheckpointStore:
@@ -60,6 +82,7 @@ class CheckpointStore:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, DATA, CONFIG)
         )
+        self._in_flight: int | None = None  # the step an async save is still writing
 
     # -- queries -------------------------------------------------------------------------------
     def latest_step(self) -> int | None:
@@ -84,23 +107,63 @@ class CheckpointStore:
         score: float | None = None,
         force: bool = False,
     ) -> bool:
-        """Start an (async) save; ``score`` is the model-selection score if this step was evaluated."""
+        """Start an (async) save; ``score`` is the model-selection score if this step was evaluated.
+
+        Raises ``CheckpointSaveError`` if this save, or the previous async one, failed.
+        """
         metrics = None if score is None else {SCORE_KEY: float(score)}
-        saved = self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    STATE: ocp.args.StandardSave(state),
-                    DATA: ocp.args.JsonSave(data_state),
-                    CONFIG: ocp.args.JsonSave(config),
-                }
-            ),
-            metrics=metrics,
-            force=force,
-        )
+        self.wait()  # a failed background save surfaces here, under its own step
+        # Orbax creates the step's folder in a background thread; if that fails, waiting for the
+        # save blocks for the coordination timeout (minutes). A small synchronous write first
+        # turns an unwritable directory into an immediate error.
+        self._check_writable(step)
+        try:
+            saved = self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        STATE: ocp.args.StandardSave(state),
+                        DATA: ocp.args.JsonSave(data_state),
+                        CONFIG: ocp.args.JsonSave(config),
+                    }
+                ),
+                metrics=metrics,
+                force=force,
+            )
+        except Exception as e:
+            raise self._save_error(step, e) from e
         if saved:
+            self._in_flight = step if self._async else None
             log.info("checkpoint %d %s", step, "saving (async)" if self._async else "saved")
         return saved
+
+    def _check_writable(self, step: int) -> None:
+        probe = self.directory / f".write-check.{jax.process_index()}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with probe.open("wb") as f:
+                f.write(b"ok")
+            probe.unlink()
+        except OSError as e:
+            raise self._save_error(step, e) from e
+
+    def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+        which = f"checkpoint {step}" if step is not None else "a checkpoint"
+        where = self.step_path(step) if step is not None else self.directory
+        complete = self._steps_on_disk()
+        kept = (f"the complete checkpoints already there (steps {', '.join(map(str, complete))}) "
+                "are untouched" if complete else "no earlier checkpoint exists")
+        return CheckpointSaveError(
+            f"could not write {which} to {where}: {_os_reason(error)}. Training stopped; {kept}. "
+            f"Free disk space or make {self.directory} writable, then rerun the same command: it "
+            "resumes from the latest complete checkpoint."
+        )
+
+    def _steps_on_disk(self) -> list[int]:
+        """Step folders orbax has finalised (it writes into a temporary name and renames)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
 
     @property
     def _async(self) -> bool:
@@ -138,11 +201,94 @@ class CheckpointStore:
         )
         return restored[STATE], dict(restored[DATA]), config
 
+    def latest_readable_config(self) -> tuple[int, dict[str, Any]] | None:
+        """``(step, config)`` of the newest checkpoint whose config reads; None if there are no
+        checkpoints, ``CorruptCheckpointError`` if none reads. Touches nothing (a probe before the
+        run owns the directory)."""
+        failures: list[tuple[int, BaseException]] = []
+        for step in reversed(self.all_steps()):
+            try:
+                return step, self.read_config(step)
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
+                log.info("checkpoint %s: config unreadable (%s)", self.step_path(step), _short(e))
+                failures.append((step, e))
+        if failures:
+            raise self._corrupt_error(failures)
+        return None
+
+    def restore_latest(
+        self, abstract_state: Any, expected_model: dict[str, Any] | None = None
+    ) -> tuple[int, Any, dict[str, Any], dict[str, Any]] | None:
+        """``(step, state, data_state, config)`` of the newest checkpoint that restores.
+
+        Newer checkpoints that fail to read (truncated or missing files) are moved aside to
+        ``<step>.corrupt-<n>`` with a warning naming them and the one restored, so orbax no
+        longer sees them and a later save of the same step does not collide; nothing is deleted.
+        None if there are no checkpoints; ``CorruptCheckpointError`` (nothing moved) if none
+        restores. ``IncompatibleCheckpointError`` propagates: a different model is not damage.
+        """
+        failures: list[tuple[int, BaseException]] = []
+        for step in reversed(self.all_steps()):
+            try:
+                state, data, config = self.restore(step, abstract_state, expected_model)
+            except IncompatibleCheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - try the next older checkpoint
+                failures.append((step, e))
+                continue
+            for bad, error in failures:
+                aside = self._move_aside(bad)
+                log.warning(
+                    "checkpoint %s cannot be read (%s): moved it to %s and resumed from the "
+                    "previous checkpoint %s instead",
+                    self.step_path(bad), _short(error), aside, self.step_path(step),
+                )
+            if failures:
+                self._manager.reload()
+            return step, state, data, config
+        if failures:
+            raise self._corrupt_error(failures)
+        return None
+
+    def _move_aside(self, step: int) -> Path:
+        """Rename ``<step>`` to the first free ``<step>.corrupt-<n>`` (process 0; all wait)."""
+        n = 1
+        while (self.directory / f"{step}.corrupt-{n}").exists():
+            n += 1
+        target = self.directory / f"{step}.corrupt-{n}"
+        if jax.process_index() == 0:
+            try:
+                os.replace(self.step_path(step), target)
+            except OSError as e:
+                raise CorruptCheckpointError(
+                    f"checkpoint {self.step_path(step)} cannot be read and could not be moved "
+                    f"aside ({_os_reason(e)}); move it out of {self.directory} by hand and rerun"
+                ) from e
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"mtl_jax: checkpoint {step} moved aside")
+        return target
+
+    def _corrupt_error(self, failures: list[tuple[int, BaseException]]) -> CorruptCheckpointError:
+        lines = "\n  ".join(f"{self.step_path(s)}: {_short(e)}" for s, e in failures)
+        return CorruptCheckpointError(
+            f"no checkpoint in {self.directory} can be read:\n  {lines}\nNo checkpoint was moved "
+            "or deleted. Restore the directory from a backup, or move it aside to train from "
+            "scratch."
+        )
+
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Block until the async save in flight is complete; raise ``CheckpointSaveError`` if
+        it failed."""
+        step, self._in_flight = self._in_flight, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(step, e) from e
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
 
 
@@ -168,6 +314,26 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
+
+
+def _os_reason(error: BaseException) -> str:
+    """The OS error behind ``error`` in words (``File too large [EFBIG] (ValueError: ...)``)."""
+    code = getattr(error, "errno", None)
+    if code is None:  # tensorstore reports I/O errors as ValueError(... os_error_code='27' ...)
+        match = re.search(r"os_error_code='?(\d+)", str(error))
+        code = int(match.group(1)) if match else None
+    text = _short(error)
+    if code is None:
+        return text
+    return f"{os.strerror(code)} [{errno.errorcode.get(code, code)}] ({text})"
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    """First line of an error, capped (tensorstore's messages embed whole specs)."""
+    lines = str(error).strip().splitlines()
+    first = (lines[0] if lines else "").split(" See full TensorStore details")[0]
+    text = f"{type(error).__name__}: {first}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

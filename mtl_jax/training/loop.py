@@ -8,6 +8,11 @@ mesh, and an evaluator. What it guarantees:
   early-stopping bookkeeping) and cuts ``metrics.jsonl`` back to that step, so a killed-and-restarted
   run ends with exactly the records and parameters of an uninterrupted one;
 - SIGTERM (preemption) finishes the step in flight, saves a checkpoint and returns ``preempted``;
+- a step with a non-finite loss, gradient or update is skipped by the step itself (state kept);
+  the loop logs it, writes no checkpoint of a skipped step, and after
+  ``max_consecutive_skips`` skips in a row stops with ``diverged`` set, so the latest checkpoint
+  is the last one before the skips (docs/faults.md); an unreadable latest checkpoint is moved
+  aside and the previous one resumed (``CheckpointStore.restore_latest``);
 - the best checkpoint by the model-selection score and the last ``keep_last`` are kept.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -64,10 +70,14 @@ class LoopConfig:
     keep_best: int = 1
     patience: int | None = None  # evaluations without improvement before stopping
     async_checkpoints: bool = True
+    max_consecutive_skips: int = 3  # skipped (non-finite) updates in a row before stopping
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(
+                f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
 
@@ -80,6 +90,8 @@ class LoopResult:
     stopped_early: bool = False
     preempted: bool = False
     resumed_from: int | None = None
+    skipped_steps: int = 0  # updates skipped for a non-finite loss, gradient or update
+    diverged: str | None = None  # why the run stopped after too many skips in a row
 
 
 @dataclasses.dataclass
@@ -153,16 +165,18 @@ def run_loop(
     processes; see ``_Preemption``)."""
     progress = _Progress()
     start = 0
-    resumed_from = store.latest_step()
-    if resumed_from is not None:
-        state, data_state, _ = store.restore(
-            resumed_from, abstract_like(state, state_shardings), run_config.get("model")
-        )
+    resumed_from = None
+    resumed = store.restore_latest(abstract_like(state, state_shardings), run_config.get("model"))
+    if resumed is not None:
+        resumed_from, state, data_state, _ = resumed
         _restore_data(batches, data_state["iterators"])
         progress = _Progress(**data_state.get("loop", {}))
         start = resumed_from
         run_log.truncate_after(resumed_from)
         log.info("resumed from checkpoint %d in %s", resumed_from, store.directory)
+    elif dropped := run_log.truncate_after(0):
+        log.warning("%s: dropped %d records of an earlier attempt that left no checkpoint "
+                    "(this run redoes it from step 0)", run_log.path, dropped)
 
     checkpoint_every = config.checkpoint_every or config.eval_every
     result = LoopResult(
@@ -178,6 +192,7 @@ def run_loop(
     bar = _progress_bar(config.num_steps, start, show_progress)
     timer = _Throughput()
     pending: tuple[int, Mapping[str, Any], int] | None = None
+    skips = _Skips(config.max_consecutive_skips)
     step = start
     with _Preemption(preemption_sync) as preemption:
         while step < config.num_steps:
@@ -188,14 +203,21 @@ def run_loop(
             # Fetch the previous step's metrics after dispatching this one: the host never
             # waits for the device except to read numbers that are already computed.
             if pending is not None:
-                _log_train(run_log, bar, timer, *pending, task_names)
+                skips.add(*_log_train(run_log, bar, timer, *pending, task_names))
             pending = (step, metrics, tokens)
 
             evaluated = step % config.eval_every == 0 or step == config.num_steps
+            due = evaluated or step % checkpoint_every == 0
+            if due:  # this step's numbers decide whether it may be evaluated and saved
+                skips.add(*_log_train(run_log, bar, timer, *pending, task_names))
+                pending = None
+                if skips.current:
+                    log.warning("step %d skipped its update: no evaluation or checkpoint of it "
+                                "(a checkpoint is only written for an applied update)", step)
+                if skips.current or skips.tripped:  # tripped: stopping, nothing more is saved
+                    evaluated = due = False
             stop = False
             if evaluated:
-                _log_train(run_log, bar, timer, *pending, task_names)
-                pending = None
                 outcome = evaluate(state, step)
                 for record in outcome.records:
                     run_log.write(record)
@@ -212,20 +234,27 @@ def run_loop(
                 stop = config.patience is not None and progress.evals_since_best >= config.patience
                 save(step, outcome.score)
                 timer.tick()  # evaluation time is not training throughput
-            elif step % checkpoint_every == 0:
+            elif due:
                 save(step, None)
-            if preemption.reached(step) or stop:
+            if preemption.reached(step) or stop or skips.tripped:
                 if pending is not None:
-                    _log_train(run_log, bar, timer, *pending, task_names)
+                    skips.add(*_log_train(run_log, bar, timer, *pending, task_names))
                     pending = None
-                if not evaluated and step % checkpoint_every:
-                    save(step, None, force=True)
+                if not due and not skips.current and not skips.tripped:
+                    save(step, None, force=True)  # preempted between checkpoint steps
                 result.preempted = preemption.requested
                 result.stopped_early = stop and not preemption.requested
                 break
         if pending is not None:
-            _log_train(run_log, bar, timer, *pending, task_names)
+            skips.add(*_log_train(run_log, bar, timer, *pending, task_names))
     store.wait()
+    result.skipped_steps = skips.total
+    if skips.tripped:
+        latest = store.latest_step()
+        kept = (f"the latest checkpoint is still step {latest} ({store.step_path(latest)})"
+                if latest is not None else "no checkpoint was written")
+        result.diverged = (f"training stopped at step {step}: {skips.tripped}. Skipped steps "
+                           f"and the stop itself write no checkpoint: {kept}. {_DIVERGED_ADVICE}")
     run_log.flush()
     if bar is not None:
         bar.close()
@@ -270,6 +299,38 @@ def _gather_json(obj: Any) -> list[Any]:
     return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(rows, sizes.ravel(), strict=True)]
 
 
+_DIVERGED_ADVICE = (
+    "Lower the learning rate (TrainConfig.optimizer), or check the data of the steps named in the "
+    "warnings above, then rerun the same command: it resumes from the latest checkpoint."
+)
+
+
+class _Skips:
+    """Counts updates the step skipped (non-finite loss, gradient or update) and trips after
+    ``limit`` in a row. Every process sees the same metrics, so all trip at the same step."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self.current = 0  # skips in a row, ending at the last step added
+        self.first: int | None = None  # the first step of that run of skips
+        self.tripped: str | None = None
+
+    def add(self, step: int, skipped: bool) -> None:
+        if not skipped:
+            self.current, self.first = 0, None
+            return
+        self.total += 1
+        self.current += 1
+        self.first = step if self.first is None else self.first
+        if self.current >= self.limit and self.tripped is None:
+            self.tripped = (
+                f"the updates of steps {self.first}-{step} ({self.current} in a row, "
+                f"TrainConfig.max_consecutive_skips={self.limit}) were skipped because the loss, "
+                "the gradient norm or the update was not finite"
+            )
+
+
 class _Throughput:
     def __init__(self) -> None:
         self.last = time.perf_counter()
@@ -288,7 +349,8 @@ def _log_train(
     metrics: Mapping[str, Any],
     tokens: int,
     task_names: list[str] | None,
-) -> None:
+) -> tuple[int, bool]:
+    """Write step ``step``'s train record; returns ``(step, skipped)``."""
     host = jax.device_get(dict(metrics))
     dt = timer.tick()
     record: dict[str, Any] = {"step": step, "kind": "train"}
@@ -303,6 +365,11 @@ def _log_train(
                 record[f"loss/{name}"] = float(value)
     record["steps_per_sec"] = 1.0 / dt
     record["tokens_per_sec"] = tokens / dt
+    skipped = bool(np.asarray(host.get("skipped", 0)))
+    if skipped:
+        record["skipped"] = 1
+        log.warning("step %d: update skipped, %s; parameters and optimizer state kept. Task mix "
+                    "of the batch: %s", step, _why_skipped(record), _task_mix(host, task_names))
     run_log.write(record)
     if bar is not None:
         bar.n = step
@@ -313,6 +380,27 @@ def _log_train(
             refresh=False,
         )
         bar.refresh()
+    return step, skipped
+
+
+def _why_skipped(record: Mapping[str, Any]) -> str:
+    loss, norm = record.get("loss", math.nan), record.get("grad_norm", math.nan)
+    if not math.isfinite(loss):
+        return f"the loss is {loss}"
+    if not math.isfinite(norm):
+        return f"the gradient norm is {norm} (loss {loss:.4g})"
+    return (f"the update is not finite (loss {loss:.4g}, gradient norm {norm:.4g}, learning rate "
+            f"{record.get('learning_rate', math.nan):.4g})")
+
+
+def _task_mix(host: Mapping[str, Any], task_names: list[str] | None) -> str:
+    """``"xnli (61), ctkfacts_nli (12)"``: the tasks with weight (tokens or examples) in a batch."""
+    if "per_task_weight" not in host:
+        return "unknown"
+    weights = np.asarray(host["per_task_weight"])
+    names = task_names or [f"task {i}" for i in range(len(weights))]
+    mix = [f"{name} ({w:g})" for name, w in zip(names, weights, strict=False) if w > 0]
+    return ", ".join(mix) or "no weighted examples"
 
 
 def _progress_bar(total: int, initial: int, show: bool) -> Any:

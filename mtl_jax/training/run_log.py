@@ -1,7 +1,9 @@
 """Where a run's numbers go: ``MODEL_DIR/metrics.jsonl`` for scripts, TensorBoard for people.
 
 Only process 0 writes. On resume the JSONL file is cut back to the restored step (atomically), so a
-run that was killed and restarted ends with exactly the lines an uninterrupted run writes.
+run that was killed and restarted ends with exactly the lines an uninterrupted run writes; a run
+that starts with no checkpoint cuts it back to step 0 (it redoes everything that was logged). A
+torn last line (killed mid-write) is dropped then, with a warning.
 """
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ class RunLog:
 
                 self._tb = SummaryWriter(str(self.model_dir / "tensorboard"))
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records with ``step > step`` (what a killed run logged after its last checkpoint)."""
+    def truncate_after(self, step: int) -> int:
+        """Drop records with ``step > step`` (what a killed run logged after its last checkpoint)
+        and a torn last line (killed mid-write; ``read_records`` warns); returns how many
+        complete records were dropped. A corrupt line followed by others still raises."""
         if not _is_writer() or not self.path.is_file():
-            return
-        keep = [r for r in read_records(self.model_dir) if r.get("step", 0) <= step]
+            return 0
+        records = read_records(self.model_dir)
+        keep = [r for r in records if r.get("step", 0) <= step]
         tmp = self.path.with_suffix(".jsonl.tmp")
         with tmp.open("w") as f:
             for record in keep:
@@ -56,6 +61,7 @@ class RunLog:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        return len(records) - len(keep)
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one record (``step`` and ``kind`` required) and mirror its numbers to TensorBoard."""

@@ -87,7 +87,9 @@ def make_train_step(
 
     ``metrics``: ``loss``, ``z_loss``, ``per_task_loss`` / ``per_task_weight`` (``[num_tasks]``),
     ``weight`` (real target tokens or examples in the effective batch), ``grad_norm`` (global norm
-    of the trainable gradients) and ``learning_rate`` (of this update). ``deterministic=True``
+    of the trainable gradients), ``learning_rate`` (of this update) and ``skipped`` (1 when the
+    loss, the gradient norm or the update norm was not finite: the update was not applied, the
+    step counter still advanced; see docs/faults.md). ``deterministic=True``
     turns dropout off. Dropout keys are ``fold_in(fold_in(seed_key, step), micro_batch)``.
     The model's non-trainable state is read, not written: changes a forward pass makes to it
     (none of our models make any) are dropped.
@@ -155,12 +157,20 @@ def make_train_step(
                 treedef.unflatten(full_grads), state.opt_state, state.params
             )
             params = optax.apply_updates(state.params, updates)
+            grad_norm = optax.global_norm(grads)
+            # A non-finite loss, gradient or update (an infinite learning rate has finite
+            # gradients) must not reach the state: keep params and optimizer state, still
+            # advance the step (the batch was consumed, so resume stays exact).
+            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(updates)
+            params = keep_unless(ok, params, state.params)
+            opt_state = keep_unless(ok, opt_state, state.opt_state)
             metrics = dict(aux)
             metrics["loss"] = loss
-            metrics["grad_norm"] = optax.global_norm(grads)
+            metrics["grad_norm"] = grad_norm
             metrics["learning_rate"] = jnp.asarray(
                 optimizer.learning_rate_fn(state.step), jnp.float32
             )
+            metrics["skipped"] = jnp.logical_not(ok).astype(jnp.int32)
             new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
             return new_state, metrics
 
@@ -171,6 +181,18 @@ def make_train_step(
         donate_argnums=(0,) if donate else (),
     )
     return CompiledStep(jitted, mesh, rules)
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True when every element of every leaf is finite (checked per element, so a huge but
+    finite update does not count as non-finite through an overflowing norm)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def keep_unless(ok: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``ok`` else ``old``, leaf by leaf, inside the compiled step (no host sync)."""
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
 def make_eval_step(
