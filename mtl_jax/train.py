@@ -110,7 +110,7 @@ def run(cfg) -> int:
         print(exp.parameter_table(), flush=True)
     store = CheckpointStore(store_dir, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
                             async_save=cfg.async_checkpoints)
-    state = exp.abstract_state if latest is not None else exp.initial_state()
+    state = exp.abstract_state if agree(latest is not None) else exp.initial_state()
     run_log = RunLog(model_dir)
     evaluator = exp.evaluator()
     loop_cfg = LoopConfig(

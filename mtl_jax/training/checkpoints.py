@@ -139,13 +139,17 @@ class CheckpointStore:
 
     def _check_writable(self, step: int) -> None:
         probe = self.directory / f".write-check.{jax.process_index()}"
+        error: OSError | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with probe.open("wb") as f:
                 f.write(b"ok")
             probe.unlink()
         except OSError as e:
-            raise self._save_error(step, e) from e
+            error = e
+        # All processes stop together (one that went on would wait in orbax's barriers).
+        if not everywhere(error is None):
+            raise self._save_error(step, error or OSError("another process could not write"))
 
     def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
         which = f"checkpoint {step}" if step is not None else "a checkpoint"
@@ -229,12 +233,16 @@ class CheckpointStore:
         """
         failures: list[tuple[int, BaseException]] = []
         for step in reversed(self.all_steps()):
+            error: BaseException | None = None
             try:
                 state, data, config = self.restore(step, abstract_state, expected_model)
             except IncompatibleCheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - try the next older checkpoint
-                failures.append((step, e))
+                error = e
+            # Every process falls back together if any one cannot read its part.
+            if not everywhere(error is None):
+                failures.append((step, error or RuntimeError("another process could not read it")))
                 continue
             for bad, error in failures:
                 aside = self._move_aside(bad)
@@ -290,6 +298,16 @@ class CheckpointStore:
     def close(self) -> None:
         self.wait()
         self._manager.close()
+
+
+def everywhere(ok: bool) -> bool:
+    """True only if ``ok`` holds on every process: a branch all processes must take together."""
+    if jax.process_count() == 1:
+        return bool(ok)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.asarray(bool(ok)))).all())
 
 
 def check_compatible(stored: dict[str, Any], expected: dict[str, Any], where: Path | str) -> None:
