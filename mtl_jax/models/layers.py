@@ -253,6 +253,16 @@ def dropout(
 # ------------------------------------------------------------------------------------------------
 
 
+def add_embedding_noise(embedded: jax.Array, noise: jax.Array | None) -> jax.Array:
+    """The embedding lookup plus a perturbation (R3F, SMART), added in float32: a noise of 1e-5
+    would vanish if added in bfloat16 to values near 1. None leaves the lookup untouched."""
+    if noise is None:
+        return embedded
+    if noise.shape != embedded.shape:
+        raise ValueError(f"embedding noise has shape {noise.shape}, the embeddings {embedded.shape}")
+    return (embedded.astype(jnp.float32) + noise.astype(jnp.float32)).astype(embedded.dtype)
+
+
 def padding_mask(key_valid: jax.Array) -> jax.Array:
     """``[B, S]`` validity of keys -> ``[B, 1, 1, S]``."""
     return key_valid.astype(bool)[:, None, None, :]

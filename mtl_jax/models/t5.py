@@ -27,6 +27,7 @@ from mtl_jax.models.layers import (
     ParamKeys,
     RMSNorm,
     Rngs,
+    add_embedding_noise,
     as_dtype,
     causal_mask,
     combine_masks,
@@ -699,9 +700,11 @@ class T5Model(nnx.Module):
         encoder_positions: jax.Array | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
+        embedding_noise: jax.Array | None = None,
     ) -> jax.Array:
         """Encoder output ``[B, S, D]`` in the compute dtype. Padding = token 0; when packed,
-        attention stays within each segment."""
+        attention stays within each segment. ``embedding_noise`` ``[B, S, D]`` is added to the
+        encoder's token-embedding lookup before dropout (R3F, SMART)."""
         _check_tokens("encoder_input_tokens", encoder_input_tokens)
         mask = combine_masks(
             padding_mask(self._encoder_valid(encoder_input_tokens)),
@@ -710,7 +713,7 @@ class T5Model(nnx.Module):
             else segment_mask(encoder_segment_ids, encoder_segment_ids),
         )
         return self.encoder(
-            self.shared(encoder_input_tokens),
+            add_embedding_noise(self.shared(encoder_input_tokens), embedding_noise),
             positions=self._positions(encoder_input_tokens, encoder_positions),
             mask=mask,
             deterministic=deterministic,
@@ -780,6 +783,7 @@ class T5Model(nnx.Module):
         decoder_positions: jax.Array | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
+        embedding_noise: jax.Array | None = None,
     ) -> jax.Array:
         encoded = self.encode(
             encoder_input_tokens,
@@ -787,6 +791,7 @@ class T5Model(nnx.Module):
             encoder_positions=encoder_positions,
             deterministic=deterministic,
             rngs=rngs,
+            embedding_noise=embedding_noise,
         )
         return self.decode(
             encoded,

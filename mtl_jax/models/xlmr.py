@@ -27,6 +27,7 @@ from mtl_jax.models.layers import (
     DenseGeneral,
     Embed,
     LayerNorm,
+    add_embedding_noise,
     as_dtype,
     dot_product_attention,
     dropout,
@@ -305,10 +306,11 @@ class XLMREmbeddings(nnx.Module):
         *,
         deterministic: bool,
         rngs: nnx.Rngs | None,
+        embedding_noise: jax.Array | None = None,
     ) -> jax.Array:
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = self.word_embeddings(input_ids)
+        x = add_embedding_noise(self.word_embeddings(input_ids), embedding_noise)
         x = x + self.position_embeddings(self.position_ids(attention_mask))
         x = x + self.token_type_embeddings(token_type_ids)
         return dropout(self.layer_norm(x), self.dropout_rate, deterministic=deterministic, rngs=rngs)
@@ -338,8 +340,12 @@ class XLMREncoder(nnx.Module):
         *,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
+        embedding_noise: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
-        """``(hidden [batch, length, hidden], pooled [batch, hidden] or None)`` in the compute dtype."""
+        """``(hidden [batch, length, hidden], pooled [batch, hidden] or None)`` in the compute dtype.
+
+        ``embedding_noise`` ``[batch, length, hidden]`` is added to the word-embedding lookup,
+        before position/type embeddings, layer norm and dropout (R3F, SMART)."""
         if input_ids.shape[-1] > self.config.max_position_length:
             raise ValueError(
                 f"input length {input_ids.shape[-1]} exceeds the position table "
@@ -347,7 +353,8 @@ class XLMREncoder(nnx.Module):
                 f"{self.config.max_position_embeddings})"
             )
         mask = padding_mask(attention_mask)
-        x = self.embeddings(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
+        x = self.embeddings(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+                            rngs=rngs, embedding_noise=embedding_noise)
         for layer in self.layers:
             x = layer(x, mask, deterministic=deterministic, rngs=rngs)
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
@@ -383,6 +390,7 @@ class XLMRMultiTask(nnx.Module):
         token_type_ids: jax.Array | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
+        embedding_noise: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         """Per-example outputs; every example uses its own task's head (selected inside the jit).
 
@@ -394,7 +402,8 @@ class XLMRMultiTask(nnx.Module):
         out-of-bounds fill), which the loss then shows.
         """
         hidden, pooled = self.encoder(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs,
+            embedding_noise=embedding_noise,
         )
         out: dict[str, jax.Array] = {"hidden": hidden}
         if pooled is not None:
