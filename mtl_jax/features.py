@@ -35,6 +35,9 @@ TASK_ID = "task_id"
 # Packed encoder-decoder batches carry one task id per segment instead: int32 [batch, length]
 # aligned with the decoder segment ids (0 on padding).
 DECODER_TASK_IDS = "decoder_task_ids"
+# Set by the train step, not the data: each row's index in the effective batch, so per-example
+# randomness (R3F noise) does not depend on how the batch is split into micro-batches.
+ROW_INDEX = "row_index"
 
 ENC_DEC_FEATURES = (
     ENCODER_INPUT_TOKENS,

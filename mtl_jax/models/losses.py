@@ -89,3 +89,20 @@ def per_task_sums(
     sums = jnp.einsum("...t,...->t", one_hot, values.astype(jnp.float32) * w)
     counts = jnp.einsum("...t,...->t", one_hot, w)
     return sums, counts
+
+
+def symmetric_kl(
+    logits_p: jax.Array, logits_q: jax.Array, valid: jax.Array | None = None
+) -> jax.Array:
+    """``KL(p||q) + KL(q||p) = sum_c (p_c - q_c)(log p_c - log q_c)`` over the last axis.
+
+    Both sides go through ``log_softmax`` in float32 and ``p = exp(log p)``: ``log(softmax(x))``
+    underflows to ``log 0`` over a 250k vocabulary and turns the term into NaN. ``valid`` (same
+    shape, bool) drops columns that are not classes of the row's task.
+    """
+    lp = jax.nn.log_softmax(logits_p.astype(jnp.float32), axis=-1)
+    lq = jax.nn.log_softmax(logits_q.astype(jnp.float32), axis=-1)
+    terms = (jnp.exp(lp) - jnp.exp(lq)) * (lp - lq)
+    if valid is not None:
+        terms = jnp.where(valid, terms, 0.0)
+    return jnp.sum(terms, axis=-1)

@@ -26,6 +26,7 @@ Per-task losses in ``aux`` are always means over that task's tokens/examples (z-
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +51,9 @@ class LossTerms:
     task_loss: jax.Array  # [num_tasks] weighted loss sums per task (z-loss excluded)
     task_weight: jax.Array  # [num_tasks] weight per task
     z_loss: jax.Array  # summed z-loss (part of numerator)
+    # Named additive terms a wrapping objective adds (e.g. "r3f_kl", already inside numerator
+    # with its weight); logged normalised like the loss.
+    extra: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
 
 
 def loss_scale(normalization: Any, denominator: jax.Array) -> jax.Array:
@@ -77,10 +81,34 @@ class Objective:
     num_tasks: int
     normalization: Any
 
+    def outputs(
+        self,
+        model: nnx.Module,
+        batch: Batch,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
+        embedding_noise: jax.Array | None = None,
+    ) -> Any:
+        """The model's forward pass on ``batch`` (what ``terms_from`` and ``divergence`` read)."""
+        raise NotImplementedError
+
+    def terms_from(self, outputs: Any, batch: Batch) -> LossTerms:
+        """The loss terms of one forward pass."""
+        raise NotImplementedError
+
+    def divergence(self, outputs_a: Any, outputs_b: Any, batch: Batch) -> jax.Array:
+        """Weighted symmetric KL between two forward passes' predictions, summed (additive over
+        micro-batches like the loss numerator; per-element loss scaling applied)."""
+        raise NotImplementedError
+
+    def embedding_shape(self, model: nnx.Module, batch: Batch) -> tuple[int, int, int]:
+        """``[batch, length, width]`` of the token embeddings the model's noise hook perturbs."""
+        raise NotImplementedError
+
     def terms(
         self, model: nnx.Module, batch: Batch, *, deterministic: bool, rngs: nnx.Rngs | None
     ) -> LossTerms:
-        raise NotImplementedError
+        return self.terms_from(self.outputs(model, batch, deterministic, rngs), batch)
 
     def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
         raise NotImplementedError
@@ -95,6 +123,8 @@ class Objective:
             "per_task_weight": terms.task_weight,
             "weight": terms.denominator,
         }
+        for name, value in terms.extra.items():
+            aux[name] = value * scale
         return loss, aux
 
     def __call__(
@@ -124,50 +154,85 @@ def _require(batch: Batch, names: Sequence[str], who: str) -> None:
         raise KeyError(f"{who}: batch lacks feature(s) {missing}; it has {sorted(batch)}")
 
 
+LOSS_SCALINGS = (None, "log_classes")
+
+
+def _check_scaling(loss_scaling: str | None) -> None:
+    if loss_scaling not in LOSS_SCALINGS:
+        raise ValueError(f"loss_scaling must be one of {LOSS_SCALINGS}, got {loss_scaling!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoderObjective(Objective):
     """mT5 text-to-text: token cross entropy on ``decoder_target_tokens`` weighted by
-    ``decoder_loss_weights``, plus optional z-loss ``z_loss * logsumexp(logits)**2`` per token."""
+    ``decoder_loss_weights``, plus optional z-loss ``z_loss * logsumexp(logits)**2`` per token.
+
+    ``loss_scaling="log_classes"`` (Muppet) divides every token's loss by ``log(vocabulary size)``:
+    every text-to-text task predicts over the whole vocabulary.
+    """
 
     normalization: Any = "tokens"
     z_loss: float = 0.0
+    loss_scaling: str | None = None
 
-    def _logits(
-        self, model: nnx.Module, batch: Batch, deterministic: bool, rngs: nnx.Rngs | None
+    def __post_init__(self) -> None:
+        _check_scaling(self.loss_scaling)
+
+    def outputs(
+        self,
+        model: nnx.Module,
+        batch: Batch,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
+        embedding_noise: jax.Array | None = None,
     ) -> jax.Array:
         _require(batch, F.ENC_DEC_FEATURES, "encoder-decoder objective")
         packing = {k: batch[k] for k in F.PACKING_FEATURES if k in batch}
+        noise = {} if embedding_noise is None else {"embedding_noise": embedding_noise}
         return model(
             batch[F.ENCODER_INPUT_TOKENS],
             batch[F.DECODER_INPUT_TOKENS],
             **packing,
+            **noise,
             deterministic=deterministic,
             rngs=rngs,
         )
 
-    def terms(
-        self, model: nnx.Module, batch: Batch, *, deterministic: bool, rngs: nnx.Rngs | None
-    ) -> LossTerms:
-        logits = self._logits(model, batch, deterministic, rngs)
+    def _scale(self, logits: jax.Array) -> float:
+        return 1.0 / math.log(logits.shape[-1]) if self.loss_scaling else 1.0
+
+    def terms_from(self, outputs: jax.Array, batch: Batch) -> LossTerms:
         targets = batch[F.DECODER_TARGET_TOKENS]
         weights = batch[F.DECODER_LOSS_WEIGHTS].astype(jnp.float32)
-        ce, z = losses.token_cross_entropy(logits, targets, weights, self.z_loss)
+        ce, z = losses.token_cross_entropy(outputs, targets, weights, self.z_loss)
         task_ids = _task_ids_like(batch, targets.shape)
         # ce is already weighted: per-task sums use weight 1, per-task counts the real weights.
+        # Per-task losses are logged unscaled (comparable across runs with and without scaling).
         task_loss, _ = losses.per_task_sums(ce, jnp.ones_like(ce), task_ids, self.num_tasks)
         _, task_weight = losses.per_task_sums(ce, weights, task_ids, self.num_tasks)
         return LossTerms(
-            numerator=jnp.sum(ce) + jnp.sum(z),
+            numerator=jnp.sum(ce) * self._scale(outputs) + jnp.sum(z),
             denominator=jnp.sum(weights),
             task_loss=task_loss,
             task_weight=task_weight,
             z_loss=jnp.sum(z),
         )
 
+    def divergence(self, outputs_a: jax.Array, outputs_b: jax.Array, batch: Batch) -> jax.Array:
+        """Per target token over the vocabulary, weighted by ``decoder_loss_weights`` (padding
+        and packing gaps count 0), so the term is normalised like the loss."""
+        weights = batch[F.DECODER_LOSS_WEIGHTS].astype(jnp.float32)
+        kl = losses.symmetric_kl(outputs_a, outputs_b)
+        return jnp.sum(kl * weights) * self._scale(outputs_a)
+
+    def embedding_shape(self, model: nnx.Module, batch: Batch) -> tuple[int, int, int]:
+        b, length = batch[F.ENCODER_INPUT_TOKENS].shape
+        return b, length, model.config.d_model
+
     def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
         """Per example: log-likelihood of the given targets (rank classification scores each
         candidate label as a row) and the greedy token per position (teacher-forced)."""
-        logits = self._logits(model, batch, True, None)
+        logits = self.outputs(model, batch, True, None)
         weights = batch[F.DECODER_LOSS_WEIGHTS].astype(jnp.float32)
         ce, _ = losses.token_cross_entropy(logits, batch[F.DECODER_TARGET_TOKENS], weights)
         return {
@@ -184,23 +249,36 @@ class ClassificationObjective(Objective):
     The model returns ``logits`` (masked per task), ``regression`` and ``is_regression``.
     ``num_labels`` (optional, per task) lets a missing ``regression_targets`` feature fail at
     trace time instead of turning the loss into NaN. An example whose ``attention_mask`` is all
-    zero is padding and has weight 0.
+    zero is padding and has weight 0. ``loss_scaling="log_classes"`` (Muppet) divides each
+    example's loss by ``log(number of classes of its task)``; regression tasks (one output,
+    ``log 1 = 0``) are left unscaled.
     """
 
     normalization: Any = "examples"
     num_labels: tuple[int, ...] | None = None
+    loss_scaling: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_labels is not None and len(self.num_labels) != self.num_tasks:
             raise ValueError(
                 f"num_labels has {len(self.num_labels)} entries for {self.num_tasks} tasks"
             )
+        _check_scaling(self.loss_scaling)
+        if self.loss_scaling and self.num_labels is None:
+            raise ValueError("loss_scaling='log_classes' needs num_labels (classes per task)")
 
-    def _outputs(
-        self, model: nnx.Module, batch: Batch, deterministic: bool, rngs: nnx.Rngs | None
+    def outputs(
+        self,
+        model: nnx.Module,
+        batch: Batch,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
+        embedding_noise: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         _require(batch, (F.INPUT_IDS, F.ATTENTION_MASK, F.TASK_ID), "classification objective")
         extra = {F.TOKEN_TYPE_IDS: batch[F.TOKEN_TYPE_IDS]} if F.TOKEN_TYPE_IDS in batch else {}
+        if embedding_noise is not None:
+            extra["embedding_noise"] = embedding_noise
         return model(
             batch[F.INPUT_IDS],
             batch[F.ATTENTION_MASK],
@@ -210,32 +288,122 @@ class ClassificationObjective(Objective):
             rngs=rngs,
         )
 
-    def terms(
-        self, model: nnx.Module, batch: Batch, *, deterministic: bool, rngs: nnx.Rngs | None
-    ) -> LossTerms:
+    def example_scale(self, batch: Batch) -> jax.Array:
+        """Each example's loss factor: ``1 / log(classes of its task)``, 1 for regression."""
+        task = batch[F.TASK_ID].astype(jnp.int32)
+        if not self.loss_scaling:
+            return jnp.ones(task.shape, jnp.float32)
+        factors = jnp.asarray([1.0 / math.log(n) if n > 1 else 1.0 for n in self.num_labels],
+                              jnp.float32)
+        return factors[task]
+
+    def _weights(self, batch: Batch) -> jax.Array:
+        return (jnp.sum(batch[F.ATTENTION_MASK], axis=-1) > 0).astype(jnp.float32)
+
+    def terms_from(self, outputs: dict[str, jax.Array], batch: Batch) -> LossTerms:
         _require(batch, (F.LABELS,), "classification objective")
         if self.num_labels is not None and 1 in self.num_labels:
             _require(batch, (F.REGRESSION_TARGETS,), "classification objective (regression task)")
-        out = self._outputs(model, batch, deterministic, rngs)
-        per_example = per_example_loss(out, batch[F.LABELS], batch.get(F.REGRESSION_TARGETS))
-        weights = (jnp.sum(batch[F.ATTENTION_MASK], axis=-1) > 0).astype(jnp.float32)
+        per_example = per_example_loss(outputs, batch[F.LABELS], batch.get(F.REGRESSION_TARGETS))
+        weights = self._weights(batch)
         per_example = jnp.where(weights > 0, per_example, 0.0)
         task_loss, task_weight = losses.per_task_sums(
             per_example, weights, batch[F.TASK_ID].astype(jnp.int32), self.num_tasks
         )
         return LossTerms(
-            numerator=jnp.sum(per_example * weights),
+            numerator=jnp.sum(per_example * weights * self.example_scale(batch)),
             denominator=jnp.sum(weights),
             task_loss=task_loss,
             task_weight=task_weight,
             z_loss=jnp.zeros((), jnp.float32),
         )
 
+    def divergence(
+        self, outputs_a: dict[str, jax.Array], outputs_b: dict[str, jax.Array], batch: Batch
+    ) -> jax.Array:
+        """Over each example's own label columns (other tasks' columns masked out); regression
+        examples contribute nothing."""
+        logits_a, logits_b = outputs_a["logits"], outputs_b["logits"]
+        columns = jnp.arange(logits_a.shape[-1])
+        valid = columns[None, :] < outputs_a["num_labels"][:, None]
+        kl = losses.symmetric_kl(logits_a, logits_b, valid)
+        weights = self._weights(batch) * (~outputs_a["is_regression"]).astype(jnp.float32)
+        return jnp.sum(kl * weights * self.example_scale(batch))
+
+    def embedding_shape(self, model: nnx.Module, batch: Batch) -> tuple[int, int, int]:
+        b, length = batch[F.INPUT_IDS].shape
+        return b, length, model.config.hidden_size
+
     def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
         """Masked logits, the predicted class and the regression output per example."""
-        out = self._outputs(model, batch, True, None)
+        out = self.outputs(model, batch, True, None)
         return {
             "logits": out["logits"],
             "predictions": jnp.argmax(out["logits"], axis=-1).astype(jnp.int32),
             "regression": out["regression"],
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class R3FObjective:
+    """R3F (Aghajanyan et al. 2020): ``L(f(x)) + lam * KL_sym(f(x) || f(x + z))`` with ``z``
+    added to the raw token-embedding lookup, ``z ~ U(-sigma, sigma)`` or ``N(0, sigma^2)``.
+
+    Wraps a family objective; gradients flow through both passes (as the reference does); the
+    KL term is logged as ``r3f_kl`` (normalised like the loss). The noise of batch row r is drawn
+    from ``fold_in(noise_key, r)`` (``F.ROW_INDEX``, set by the train step), so micro-batches see
+    exactly the noise the whole batch would. Regression heads get no KL term.
+    """
+
+    base: Objective
+    sigma: float = 1e-5
+    lam: float = 1e-2
+    noise: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.noise not in ("uniform", "normal"):
+            raise ValueError(f"R3F noise must be 'uniform' or 'normal', got {self.noise!r}")
+        if self.sigma < 0 or self.lam < 0:
+            raise ValueError(f"R3F sigma and lambda must be >= 0, got {self.sigma}, {self.lam}")
+
+    @property
+    def num_tasks(self) -> int:
+        return self.base.num_tasks
+
+    @property
+    def normalization(self) -> Any:
+        return self.base.normalization
+
+    def sample_noise(self, key: jax.Array, rows: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
+        _, length, width = shape
+
+        def one(row: jax.Array) -> jax.Array:
+            k = jax.random.fold_in(key, row)
+            if self.noise == "uniform":
+                return jax.random.uniform(k, (length, width), jnp.float32, -self.sigma, self.sigma)
+            return self.sigma * jax.random.normal(k, (length, width), jnp.float32)
+
+        return jax.vmap(one)(rows)
+
+    def terms(
+        self, model: nnx.Module, batch: Batch, *, deterministic: bool, rngs: nnx.Rngs | None
+    ) -> LossTerms:
+        stream = getattr(rngs, "noise", None) if rngs is not None else None
+        if stream is None:
+            raise ValueError("R3F needs a 'noise' RNG stream (the train step provides one)")
+        clean = self.base.outputs(model, batch, deterministic, rngs)
+        terms = self.base.terms_from(clean, batch)
+        shape = self.base.embedding_shape(model, batch)
+        rows = batch.get(F.ROW_INDEX, jnp.arange(shape[0]))
+        z = self.sample_noise(stream(), rows, shape)  # one key per step, whatever the split
+        noised = self.base.outputs(model, batch, deterministic, rngs, embedding_noise=z)
+        kl = self.base.divergence(clean, noised, batch)
+        return dataclasses.replace(
+            terms, numerator=terms.numerator + self.lam * kl, extra={**terms.extra, "r3f_kl": kl}
+        )
+
+    def finalize(self, terms: LossTerms) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return self.base.finalize(terms)
+
+    def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
+        return self.base.predict(model, batch)

@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mtl_jax import features as F
 from mtl_jax.training import partitioning as part
 from mtl_jax.training.objectives import Batch, LossTerms, Objective, loss_scale
 from mtl_jax.training.optimizers import Optimizer
@@ -70,6 +71,13 @@ def _split_micro_batches(
     return out
 
 
+# RNG streams of a step, all derived from (seed, step) so resume stays exact: dropout keys are
+# ``fold_in(step_key, micro_batch)`` (unchanged since the first release); the noise stream (R3F)
+# is ``fold_in(step_key, NOISE_STREAM)``, one key for the whole effective batch, and objectives
+# make per-row noise from it with the batch's ``row_index``.
+NOISE_STREAM = 0x6E6F6973
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     objective: Objective,
@@ -85,14 +93,18 @@ def make_train_step(
 ) -> CompiledStep:
     """``step(state, batch) -> (new_state, metrics)``, compiled once per batch shape.
 
+    Stages: (a) gradients and additive loss terms, accumulated over ``micro_batches``;
+    (b) [to come: a gradient combiner over per-task gradients, PCGrad]; (c) the optimizer
+    update, skipped when anything is not finite.
+
     ``metrics``: ``loss``, ``z_loss``, ``per_task_loss`` / ``per_task_weight`` (``[num_tasks]``),
     ``weight`` (real target tokens or examples in the effective batch), ``grad_norm`` (global norm
-    of the trainable gradients), ``learning_rate`` (of this update) and ``skipped`` (1 when the
-    loss, the gradient norm or the update norm was not finite: the update was not applied, the
-    step counter still advanced; see docs/faults.md). ``deterministic=True``
-    turns dropout off. Dropout keys are ``fold_in(fold_in(seed_key, step), micro_batch)``.
-    The model's non-trainable state is read, not written: changes a forward pass makes to it
-    (none of our models make any) are dropped.
+    of the trainable gradients), ``learning_rate`` (of this update), ``skipped`` (1 when the
+    loss, the gradient norm or the update was not finite: the update was not applied, the
+    step counter still advanced; see docs/faults.md) and every extra term the objective names
+    (e.g. ``r3f_kl``). ``deterministic=True`` turns dropout off. The model's non-trainable state
+    is read, not written: changes a forward pass makes to it (none of our models make any) are
+    dropped.
     """
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
@@ -100,51 +112,37 @@ def make_train_step(
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         with nnx.logical_axis_rules(rules):
             key = step_key(state.rng, state.step)
+            noise_key = jax.random.fold_in(key, NOISE_STREAM)
             # Differentiate only the trainable leaves: frozen ones enter as constants, so their
             # backward pass and accumulators do not exist at all (LoRA over a frozen base).
             leaves, treedef = jax.tree.flatten(state.params)
             frozen = treedef.flatten_up_to(optimizer.frozen_mask(state.params))
             train_idx = [i for i, f in enumerate(frozen) if not f]
             train_sh = [treedef.flatten_up_to(state_shardings.params)[i] for i in train_idx]
+            train = [leaves[i] for i in train_idx]
 
-            def numerator(
-                train: list[jax.Array], batch: Batch, key: jax.Array
-            ) -> tuple[jax.Array, LossTerms]:
+            def terms_of(train: list[jax.Array], batch: Batch, key: jax.Array) -> LossTerms:
                 full = list(leaves)
                 for j, i in enumerate(train_idx):
                     full[i] = train[j]
                 model = merge_model(graphdef, treedef.unflatten(full), state.rest)
-                rngs = None if deterministic else nnx.Rngs(dropout=key)
-                terms = objective.terms(model, batch, deterministic=deterministic, rngs=rngs)
-                return terms.numerator, terms
-
-            grad_fn = jax.grad(numerator, has_aux=True)
-            train = [leaves[i] for i in train_idx]
+                rngs = nnx.Rngs(dropout=key, noise=noise_key)
+                return objective.terms(model, batch, deterministic=deterministic, rngs=rngs)
 
             def constrain(grads: list[jax.Array]) -> list[jax.Array]:
                 return jax.lax.with_sharding_constraint(grads, train_sh)
 
-            if micro_batches == 1:
-                grads, terms = grad_fn(train, batch, key)
-                grads = [g.astype(jnp.float32) for g in grads]
-            else:
-                micro = _split_micro_batches(batch, micro_batches, mesh, rules)
-                first = jax.tree.map(lambda x: x[0], micro)
-                terms_shape = jax.eval_shape(lambda: grad_fn(train, first, key)[1])
-                zeros_g = constrain([jnp.zeros(p.shape, jnp.float32) for p in train])
-                zeros_t = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), terms_shape)
+            # (a) gradients of the loss numerator and the additive terms.
+            batch = {**batch, F.ROW_INDEX: _row_index(batch, mesh, rules)}
 
-                def body(carry: tuple[Any, LossTerms], xs: tuple[jax.Array, Batch]) -> Any:
-                    acc_g, acc_t = carry
-                    i, mb = xs
-                    g, t = grad_fn(train, mb, jax.random.fold_in(key, i))
-                    acc_g = [a + b.astype(jnp.float32) for a, b in zip(acc_g, g, strict=True)]
-                    acc_t = jax.tree.map(jnp.add, acc_t, t)
-                    return (constrain(acc_g), acc_t), None
+            def numerator(t: list[jax.Array], b: Batch, k: jax.Array) -> tuple[jax.Array, LossTerms]:
+                terms = terms_of(t, b, k)
+                return terms.numerator, terms
 
-                (grads, terms), _ = jax.lax.scan(
-                    body, (zeros_g, zeros_t), (jnp.arange(micro_batches), micro)
-                )
+            grads, terms = _accumulate(jax.grad(numerator, has_aux=True), train, batch, key,
+                                       micro_batches, mesh, rules, constrain)
+
+            # (c) normalise, update, and keep the old state if anything is not finite.
             scale = loss_scale(objective.normalization, terms.denominator)
             grads = constrain(
                 [(g * scale).astype(p.dtype) for g, p in zip(grads, train, strict=True)]
@@ -181,6 +179,47 @@ def make_train_step(
         donate_argnums=(0,) if donate else (),
     )
     return CompiledStep(jitted, mesh, rules)
+
+
+def _row_index(batch: Batch, mesh: Mesh, rules: part.Rules) -> jax.Array:
+    rows = next(iter(batch.values())).shape[0]
+    index = jnp.arange(rows, dtype=jnp.int32)
+    return jax.lax.with_sharding_constraint(
+        index, NamedSharding(mesh, PartitionSpec(part.batch_axes(mesh, rules))))
+
+
+def _accumulate(
+    grad_fn: Callable[..., tuple[list[jax.Array], LossTerms]],
+    train: list[jax.Array],
+    batch: Batch,
+    key: jax.Array,
+    micro_batches: int,
+    mesh: Mesh,
+    rules: part.Rules,
+    constrain: Callable[[list[jax.Array]], list[jax.Array]],
+) -> tuple[list[jax.Array], LossTerms]:
+    """Stage (a): summed float32 gradients and summed terms over the micro-batches."""
+    if micro_batches == 1:
+        grads, terms = grad_fn(train, batch, key)
+        return [g.astype(jnp.float32) for g in grads], terms
+    micro = _split_micro_batches(batch, micro_batches, mesh, rules)
+    first = jax.tree.map(lambda x: x[0], micro)
+    terms_shape = jax.eval_shape(lambda: grad_fn(train, first, key)[1])
+    zeros_t = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), terms_shape)
+
+    def body(carry: tuple[Any, LossTerms], xs: tuple[jax.Array, Batch]) -> Any:
+        acc_g, acc_t = carry
+        i, mb = xs
+        g, t = grad_fn(train, mb, jax.random.fold_in(key, i))
+        acc_g = [a + b.astype(jnp.float32) for a, b in zip(acc_g, g, strict=True)]
+        acc_t = jax.tree.map(jnp.add, acc_t, t)
+        return (constrain(acc_g), acc_t), None
+
+    zeros = constrain([jnp.zeros(p.shape, jnp.float32) for p in train])
+    (grads, terms), _ = jax.lax.scan(
+        body, (zeros, zeros_t), (jnp.arange(micro_batches), micro)
+    )
+    return grads, terms
 
 
 def all_finite(tree: Any) -> jax.Array:

@@ -1,0 +1,234 @@
+"""R3F (Aghajanyan et al. 2020) and loss scaling (Muppet): the symmetric KL against its formula,
+the whole R3F loss and gradient against PyTorch on the same XLM-R weights and noise, sigma = 0
+against the plain objective, micro-batch exactness inside the train step, and each example's
+loss-scaling factor."""
+
+from __future__ import annotations
+
+import math
+
+import helpers
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from flax import nnx
+
+from mtl_jax import features as F
+from mtl_jax.models import losses
+from mtl_jax.models.hf_xlmr import encoder_state, head_state, load_hf_xlmr
+from mtl_jax.models.t5 import T5Config, T5Model
+from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
+from mtl_jax.training import objectives as obj
+from mtl_jax.training import optimizers as opt
+from mtl_jax.training import partitioning as part
+from mtl_jax.training import step as st
+from mtl_jax.training import train_state as ts
+
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+VOCAB = 40
+
+
+def test_symmetric_kl_is_the_formula_and_stays_finite_over_a_large_vocabulary():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 5, 7)) * 3
+    valid = np.arange(7)[None, :] < np.array([7, 3, 2, 5, 7])[:, None]
+
+    def reference(x, y, v):  # float64, masked columns removed before the softmax
+        out = []
+        for xr, yr, vr in zip(x, y, v, strict=True):
+            p = np.exp(xr[vr] - xr[vr].max())
+            q = np.exp(yr[vr] - yr[vr].max())
+            p, q = p / p.sum(), q / q.sum()
+            out.append(np.sum(p * np.log(p / q)) + np.sum(q * np.log(q / p)))
+        return np.array(out)
+
+    masked_a = np.where(valid, a, np.finfo(np.float32).min)
+    masked_b = np.where(valid, b, np.finfo(np.float32).min)
+    ours = losses.symmetric_kl(jnp.asarray(masked_a, jnp.float32), jnp.asarray(masked_b, jnp.float32),
+                               jnp.asarray(valid))
+    np.testing.assert_allclose(np.asarray(ours), reference(a, b, valid), rtol=1e-5)
+
+    # mT5's vocabulary with confident logits: log(softmax(x)) hits log(0) = -inf and the term
+    # becomes NaN (the thesis's first attempt); log_softmax on both sides does not.
+    big = rng.normal(size=(2, 250_112)).astype(np.float32) * 40
+    noised = big + rng.uniform(-1, 1, size=big.shape).astype(np.float32)
+    value = losses.symmetric_kl(jnp.asarray(big), jnp.asarray(noised))
+    assert np.all(np.isfinite(np.asarray(value))) and np.all(np.asarray(value) > 0)
+    naive_p = jax.nn.softmax(jnp.asarray(big), -1)
+    naive_q = jax.nn.softmax(jnp.asarray(noised), -1)
+    naive = jnp.sum((naive_p - naive_q) * (jnp.log(naive_p) - jnp.log(naive_q)), -1)
+    assert not np.all(np.isfinite(np.asarray(naive))), "the naive form no longer fails here"
+
+
+def _rngs(seed: int = 0) -> nnx.Rngs:
+    return nnx.Rngs(dropout=jax.random.key(seed), noise=jax.random.key(seed + 1))
+
+
+def test_r3f_loss_and_gradient_match_pytorch_on_the_same_weights_and_noise(tmp_path):
+    """XLM-R classifier: ours vs transformers with ``inputs_embeds = lookup + z`` and the KL
+    written out in PyTorch (no padding, so HF's positions from embeddings equal ours)."""
+    hf = helpers.hf_xlmr("cls", helpers.XLMR_HF_CONFIGS[1], seed=3, num_labels=3)
+    model, cfg, _ = load_hf_xlmr(helpers.save(hf, tmp_path / "hf"))
+    rng = np.random.default_rng(1)
+    b, length = 4, 9
+    ids = rng.integers(3, cfg.vocab_size, (b, length)).astype(np.int32)
+    ids[:, 0] = 0
+    batch = {F.INPUT_IDS: jnp.asarray(ids), F.ATTENTION_MASK: jnp.ones((b, length), jnp.int32),
+             F.TASK_ID: jnp.zeros((b,), jnp.int32),
+             F.LABELS: jnp.asarray(rng.integers(0, 3, b), jnp.int32)}
+    base = obj.ClassificationObjective(num_tasks=1, num_labels=(3,))
+    r3f = obj.R3FObjective(base, sigma=0.3, lam=0.7, noise="uniform")
+
+    def loss_fn(m):
+        loss, aux = r3f.finalize(r3f.terms(m, batch, deterministic=True, rngs=_rngs()))
+        return loss, aux
+
+    (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    z = r3f.sample_noise(_rngs().noise(), jnp.arange(b), (b, length, cfg.hidden_size))
+    assert float(jnp.max(jnp.abs(z))) <= 0.3 and float(jnp.std(z)) == pytest.approx(
+        0.3 / math.sqrt(3), rel=0.05)
+
+    hf.zero_grad()
+    tids = helpers.to_torch(ids)
+    clean = hf(input_ids=tids).logits
+    embeds = hf.roberta.embeddings.word_embeddings(tids) + torch.from_numpy(np.array(z))
+    noised = hf(inputs_embeds=embeds).logits
+    ce = torch.nn.functional.cross_entropy(clean, torch.from_numpy(np.asarray(batch[F.LABELS])).long())
+    lp, lq = clean.log_softmax(-1), noised.log_softmax(-1)
+    kl = ((lp.exp() - lq.exp()) * (lp - lq)).sum(-1).mean()
+    ref = ce + 0.7 * kl
+    ref.backward()
+    assert float(loss) == pytest.approx(ref.item(), rel=1e-5)
+    assert float(aux["r3f_kl"]) == pytest.approx(kl.item(), rel=1e-4)
+    assert kl.item() > 1e-4, "the noise must move the predictions for this test to mean anything"
+
+    grad_model = nnx.merge(nnx.graphdef(model), grads, nnx.state(model, nnx.Not(nnx.Param)))
+    ours = {**encoder_state(grad_model, "roberta.", pooler=False), **head_state(grad_model, 0)}
+    hf_grads = {n: p.grad.numpy() for n, p in hf.named_parameters() if p.grad is not None}
+    for name in ("roberta.embeddings.word_embeddings.weight",
+                 "roberta.encoder.layer.0.attention.self.query.weight",
+                 "roberta.encoder.layer.1.output.dense.weight",
+                 "classifier.dense.weight", "classifier.out_proj.weight"):
+        helpers.xlmr_assert_close(ours[name], hf_grads[name], rtol=1e-4, what=f"grad {name}")
+
+
+def _t5() -> T5Model:
+    cfg = T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                   num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8,
+                   relative_attention_max_distance=16, dropout_rate=0.0)
+    return T5Model(cfg, rngs=nnx.Rngs(0))
+
+
+def _xlmr() -> XLMRMultiTask:
+    cfg = XLMRConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+                     intermediate_size=32, max_position_embeddings=20, task_num_labels=(3, 2, 1),
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return XLMRMultiTask(cfg, rngs=nnx.Rngs(0))
+
+
+def _encdec_batch(b: int = 8, length: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    weights = (rng.random((b, length)) < 0.7).astype(np.float32)
+    weights[:, 0] = 1
+    return {F.ENCODER_INPUT_TOKENS: rng.integers(1, VOCAB, (b, length)).astype(np.int32),
+            F.DECODER_INPUT_TOKENS: rng.integers(1, VOCAB, (b, length)).astype(np.int32),
+            F.DECODER_TARGET_TOKENS: rng.integers(1, VOCAB, (b, length)).astype(np.int32),
+            F.DECODER_LOSS_WEIGHTS: weights, F.TASK_ID: (np.arange(b) % 3).astype(np.int32)}
+
+
+def _cls_batch(b: int = 8, length: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    task = (np.arange(b) % 3).astype(np.int32)
+    mask = np.ones((b, length), np.int32)
+    mask[::3, 3:] = 0
+    ids = np.where(mask > 0, rng.integers(3, VOCAB, (b, length)), 1).astype(np.int32)
+    ids[:, 0] = 0
+    return {F.INPUT_IDS: ids, F.ATTENTION_MASK: mask, F.TASK_ID: task,
+            F.LABELS: (rng.integers(0, 6, b) % np.array([3, 2, 1])[task]).astype(np.int32),
+            F.REGRESSION_TARGETS: rng.normal(size=b).astype(np.float32)}
+
+
+FAMILIES = {
+    "t5": (_t5, lambda: obj.EncoderDecoderObjective(num_tasks=3), _encdec_batch),
+    "xlmr": (_xlmr, lambda: obj.ClassificationObjective(num_tasks=3, num_labels=(3, 2, 1)),
+             _cls_batch),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_sigma_zero_gives_a_zero_term_and_the_plain_loss_and_gradient(family):
+    make_model, make_objective, make_batch = FAMILIES[family]
+    model, base = make_model(), make_objective()
+    batch = {k: jnp.asarray(v) for k, v in make_batch().items()}
+    r3f = obj.R3FObjective(base, sigma=0.0, lam=1.0)
+
+    def loss(o):
+        return lambda m: o.finalize(o.terms(m, batch, deterministic=True, rngs=_rngs()))
+
+    (l_plain, _), g_plain = nnx.value_and_grad(loss(base), has_aux=True)(model)
+    (l_r3f, aux), g_r3f = nnx.value_and_grad(loss(r3f), has_aux=True)(model)
+    assert float(aux["r3f_kl"]) == 0.0
+    assert float(l_r3f) == pytest.approx(float(l_plain), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_r3f), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_r3f_with_micro_batches_equals_the_whole_batch(family):
+    """The noise of a row does not depend on the micro-batch split: 1 vs 4 micro-batches give
+    the same loss, KL term and update (SGD with lr 1 exposes the gradient)."""
+    make_model, make_objective, make_batch = FAMILIES[family]
+    objective = obj.R3FObjective(make_objective(), sigma=0.05, lam=0.5)
+    optimizer = opt.Optimizer(optax.sgd(1.0), lambda step: jnp.float32(1.0))
+    mesh = part.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    rules = part.rules_by_name("fsdp")
+    results = []
+    for micro in (1, 4):
+        graphdef, state, shardings = ts.create_train_state(make_model, optimizer, mesh, rules, 0)
+        bs = part.batch_sharding(mesh, rules)
+        step = st.make_train_step(graphdef, objective, optimizer, mesh, shardings, bs,
+                                  micro_batches=micro, rules=rules, deterministic=True)
+        state, metrics = step(state, part.global_batch(make_batch(), mesh, bs))
+        results.append((jax.device_get(metrics), jax.device_get(state.params)))
+    (m1, p1), (m4, p4) = results
+    assert float(m1["r3f_kl"]) > 0
+    assert float(m4["r3f_kl"]) == pytest.approx(float(m1["r3f_kl"]), rel=1e-5)
+    assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_scaling_divides_each_example_by_the_log_of_its_task_classes():
+    """Mixed-task batch: every example's loss is scaled by its own task's 1/log(n); the
+    regression task (n = 1) is left unscaled."""
+    batch = {k: jnp.asarray(v) for k, v in _cls_batch(b=9).items()}
+    model = _xlmr()
+    plain = obj.ClassificationObjective(num_tasks=3, num_labels=(3, 2, 1), normalization="sum")
+    scaled = obj.ClassificationObjective(num_tasks=3, num_labels=(3, 2, 1), normalization="sum",
+                                         loss_scaling="log_classes")
+    factors = np.asarray(scaled.example_scale(batch))
+    want = np.array([1 / math.log(3), 1 / math.log(2), 1.0])[np.asarray(batch[F.TASK_ID])]
+    np.testing.assert_allclose(factors, want, rtol=1e-6)
+    out = plain.outputs(model, batch, True, None)
+    from mtl_jax.models.heads import per_example_loss
+
+    per_example = np.asarray(per_example_loss(out, batch[F.LABELS], batch[F.REGRESSION_TARGETS]))
+    real = np.asarray(batch[F.ATTENTION_MASK]).sum(-1) > 0
+    assert float(scaled.terms_from(out, batch).numerator) == pytest.approx(
+        float(np.sum(per_example * want * real)), rel=1e-5)
+    assert float(plain.terms_from(out, batch).numerator) == pytest.approx(
+        float(np.sum(per_example * real)), rel=1e-5)
+
+    # Text-to-text: every token by 1/log(vocabulary size).
+    t5, b = _t5(), {k: jnp.asarray(v) for k, v in _encdec_batch().items()}
+    e_plain = obj.EncoderDecoderObjective(num_tasks=3, normalization="sum")
+    e_scaled = obj.EncoderDecoderObjective(num_tasks=3, normalization="sum",
+                                           loss_scaling="log_classes")
+    logits = e_plain.outputs(t5, b, True, None)
+    assert float(e_scaled.terms_from(logits, b).numerator) == pytest.approx(
+        float(e_plain.terms_from(logits, b).numerator) / math.log(VOCAB), rel=1e-6)
+    with pytest.raises(ValueError, match="loss_scaling must be one of"):
+        obj.ClassificationObjective(num_tasks=1, num_labels=(2,), loss_scaling="log")
