@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,11 @@ from mtl_jax.run_config import TrainConfig
 from mtl_jax.training import optimizers
 from mtl_jax.training import partitioning as part
 from mtl_jax.training.loop import EvalOutcome
-from mtl_jax.training.objectives import ClassificationObjective, EncoderDecoderObjective
+from mtl_jax.training.objectives import (
+    ClassificationObjective,
+    EncoderDecoderObjective,
+    R3FObjective,
+)
 from mtl_jax.training.step import make_eval_step, make_train_step, to_host
 from mtl_jax.training.train_state import (
     TrainState,
@@ -138,7 +143,7 @@ def model_config(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
         if cfg.pretrained:
             hf = T5Config.from_hf(hf_io.read_config(cfg.pretrained))
             return dataclasses.replace(hf, dtype=base.dtype, attention_impl=base.attention_impl,
-                                       dropout_rate=base.dropout_rate)
+                                       dropout_rate=base.dropout_rate, lora=base.lora)
         if not isinstance(base, T5Config):
             raise ConfigError("TrainConfig.model_config must be a T5Config for family='t5'")
         return _fit_vocab(base, vocab_size)
@@ -147,7 +152,8 @@ def model_config(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
         raise ConfigError("TrainConfig.model_config must be an XLMRConfig for family='xlmr'")
     if cfg.pretrained:
         hf = XLMRConfig.from_hf(hf_io.read_config(cfg.pretrained))
-        base = dataclasses.replace(hf, dtype=base.dtype, attention_impl=base.attention_impl)
+        base = dataclasses.replace(hf, dtype=base.dtype, attention_impl=base.attention_impl,
+                                   lora=base.lora)
     else:
         base = _fit_vocab(base, vocab_size)
     return dataclasses.replace(base, task_num_labels=tuple(max(n, 1) for n in layout.head_labels))
@@ -165,16 +171,21 @@ def model_factory(family: str, config: Any, seed: int) -> Callable[[], nnx.Modul
     return lambda: cls(config, rngs=nnx.Rngs(seed))
 
 
-def pretrained_model(family: str, config: Any, directory: str) -> nnx.Module:
-    """The HF checkpoint's weights in our module (host memory), heads freshly initialised."""
+def pretrained_model(family: str, config: Any, directory: str, seed: int = 0) -> nnx.Module:
+    """The HF checkpoint's weights in our module (host memory), heads freshly initialised (as
+    before LoRA existed, from seed 0), LoRA matrices (if any) from ``seed`` with B = 0."""
     if family == "t5":
         from mtl_jax.models.hf_t5 import model_from_hf_state
 
-        return model_from_hf_state(hf_io.read_state_dict(directory), config)
+        return model_from_hf_state(hf_io.read_state_dict(directory), config, seed=seed)
+    from mtl_jax.models import lora
     from mtl_jax.models.hf_xlmr import load_hf_xlmr
 
     model, _, _ = load_hf_xlmr(directory, task_num_labels=config.task_num_labels,
-                               dtype=config.dtype, attention_impl=config.attention_impl)
+                               dtype=config.dtype, attention_impl=config.attention_impl,
+                               lora=config.lora)
+    if config.lora is not None:
+        lora.init_lora_params(model, seed)
     return model
 
 
@@ -189,26 +200,43 @@ def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Seq
 
 
 def objective(cfg: TrainConfig, layout: TaskLayout) -> Any:
-    if cfg.family == "t5":
-        return EncoderDecoderObjective(
-            num_tasks=len(layout.heads), normalization=cfg.loss_normalization or "tokens",
-            z_loss=cfg.z_loss,
-        )
-    return ClassificationObjective(
-        num_tasks=len(layout.heads), normalization=cfg.loss_normalization or "examples",
-        num_labels=tuple(max(n, 1) for n in layout.head_labels),
-    )
-
-
-def make_optimizer(cfg: TrainConfig, optimizer_args: dict[str, Any]) -> optimizers.Optimizer:
-    """``TrainConfig``'s optimizer dict -> ``optimizers.make_optimizer`` (``freeze``: regexes)."""
-    args = dict(optimizer_args)
-    freeze = args.pop("freeze", None)
-    if freeze:
-        args["partition_fn"] = optimizers.freeze_matching(*freeze)
+    """The family's objective, with Muppet loss scaling and wrapped in R3F when configured."""
     try:
+        if cfg.family == "t5":
+            base: Any = EncoderDecoderObjective(
+                num_tasks=len(layout.heads), normalization=cfg.loss_normalization or "tokens",
+                z_loss=cfg.z_loss, loss_scaling=cfg.loss_scaling,
+            )
+        else:
+            base = ClassificationObjective(
+                num_tasks=len(layout.heads), normalization=cfg.loss_normalization or "examples",
+                num_labels=tuple(max(n, 1) for n in layout.head_labels),
+                loss_scaling=cfg.loss_scaling,
+            )
+    except ValueError as e:
+        raise ConfigError(f"TrainConfig.loss_scaling={cfg.loss_scaling!r}: {e}") from e
+    if not cfg.r3f:
+        return base
+    try:
+        return R3FObjective(base, **cfg.r3f)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"TrainConfig.r3f={cfg.r3f!r}: {e} (keys: sigma, lam, noise='uniform'|'normal')"
+        ) from e
+
+
+def make_optimizer(cfg: TrainConfig, optimizer_args: dict[str, Any],
+                   lora: bool = False) -> optimizers.Optimizer:
+    """``TrainConfig``'s optimizer dict -> ``optimizers.make_optimizer``. ``train``/``freeze``:
+    lists of parameter-path regexes; with LoRA (``lora``) or ``train`` only the LoRA matrices and
+    the ``train`` matches are trained (``optimizers.make_partition``)."""
+    args = dict(optimizer_args)
+    try:
+        partition = optimizers.make_partition(args.pop("train", ()), args.pop("freeze", ()), lora)
+        if partition is not None:
+            args["partition_fn"] = partition
         return optimizers.make_optimizer(total_steps=cfg.num_steps, **args)
-    except TypeError as e:
+    except (TypeError, re.error) as e:
         raise ConfigError(f"TrainConfig.optimizer={optimizer_args!r}: {e}") from e
 
 
@@ -237,16 +265,26 @@ class Experiment:
         for k in ("dtype", "attention_impl", "dropout_rate", "hidden_dropout_prob",
                   "attention_probs_dropout_prob", "attention_dropout_rate", "classifier_dropout"):
             fields.pop(k, None)
+        if fields.get("lora") is not None:  # LoRA's dropout may change on resume like the others
+            fields["lora"].pop("dropout", None)
         return {"family": self.cfg.family, "heads": list(self.layout.heads), **_jsonable(fields)}
 
     def parameter_table(self) -> str:
+        """The start-of-run table: every parameter, what it trains, and the optimizer state's
+        size (which holds the trainable parameters only)."""
         _, params, _ = abstract_model(model_factory(self.cfg.family, self.config, self.cfg.seed))
-        return part.parameter_table(params, self.mesh, self.rules)
+        partition = self.optimizer.partition_fn
+        frozen = None if partition is None else (lambda p: partition(p) == optimizers.FROZEN)
+        table = part.parameter_table(params, self.mesh, self.rules, frozen)
+        opt = jax.tree.leaves(self.abstract_state.opt_state)
+        nbytes = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in opt)
+        return f"{table}\noptimizer state: {len(opt)} arrays, {nbytes:,} bytes"
 
     def initial_state(self) -> TrainState:
         """Fresh parameters (from scratch or from the pretrained checkpoint), placed on the mesh."""
         if self.cfg.pretrained:
-            model = pretrained_model(self.cfg.family, self.config, self.cfg.pretrained)
+            model = pretrained_model(self.cfg.family, self.config, self.cfg.pretrained,
+                                     seed=self.cfg.seed)
             _, params, rest = split_model(model)
             params = part.host_to_global(params, self.shardings.params)
             rest = part.host_to_global(rest, self.shardings.rest)
@@ -313,7 +351,7 @@ def build(cfg: TrainConfig) -> Experiment:
     mesh = part.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
     rules = part.rules_by_name(cfg.rules)
     part.check_batch_size(cfg.batch_size, mesh, rules, cfg.micro_batches)
-    optimizer = make_optimizer(cfg, cfg.optimizer)
+    optimizer = make_optimizer(cfg, cfg.optimizer, lora=config.lora is not None)
     graphdef, abstract, shardings = train_state_shardings(
         model_factory(cfg.family, config, cfg.seed), optimizer, mesh, rules
     )

@@ -59,6 +59,12 @@ class TrainConfig:
         default_factory=lambda: {"name": "adafactor", "learning_rate": 1e-3}
     )
     z_loss: float = 0.0
+    # R3F (Aghajanyan et al. 2020): {"sigma": 1e-5, "lam": 1e-2, "noise": "uniform"} (the
+    # thesis's setting; gin_configs/methods/r3f.gin); None = off. See docs/methods.md.
+    r3f: dict[str, Any] | None = None
+    # Muppet loss scaling: "log_classes" divides each example's loss by log(its task's classes)
+    # (vocabulary size for text-to-text); None = off.
+    loss_scaling: str | None = None
     # None = the family default: "tokens" for t5 (mean over real target tokens), "examples" for xlmr.
     loss_normalization: Any = None
     mesh_data: int = -1

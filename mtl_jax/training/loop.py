@@ -357,6 +357,9 @@ def _log_train(
     for key in ("loss", "z_loss", "grad_norm", "learning_rate", "weight"):
         if key in host:
             record[key] = float(np.asarray(host[key]))
+    for key, value in host.items():  # the objective's named extra terms (e.g. r3f_kl)
+        if key not in record and key != "skipped" and np.ndim(value) == 0:
+            record[key] = float(np.asarray(value))
     if task_names and "per_task_loss" in host:
         losses = np.asarray(host["per_task_loss"])
         weights = np.asarray(host.get("per_task_weight", np.ones_like(losses)))
