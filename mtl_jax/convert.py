@@ -5,7 +5,8 @@
   jax-to-hf SRC DST   a converted checkpoint, or a training MODEL_DIR (or its checkpoints/ folder,
                       or one checkpoints/<step>/) -> config.json + model.safetensors for
                       transformers' from_pretrained (XLM-R: encoder/ plus one
-                      XLMRobertaForSequenceClassification directory per task)
+                      XLMRobertaForSequenceClassification directory per task); a LoRA model is
+                      written merged, or with --lora_adapter as its base plus peft adapter(s)
   verify CONVERTED HF compare a converted checkpoint with the transformers PyTorch model
 
 Exit status: 0 done, 1 verification over tolerance, 2 bad input (the message names the path).
@@ -87,6 +88,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="XLM-R: directory name per task head (default: the run's heads)")
     j.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty DST (replaces only the files this tool writes)")
+    j.add_argument("--lora_adapter", action="store_true",
+                   help="LoRA models: write the base model (LoRA not merged) and the LoRA update "
+                        "as a peft adapter in DST/adapter/ (XLM-R: DST/encoder/adapter/ and "
+                        "DST/<task>/adapter/); default: one model with LoRA merged into it")
 
     v = sub.add_parser("verify", help="compare a converted checkpoint with transformers")
     v.add_argument("converted", type=Path, help="directory written by hf-to-jax")
@@ -571,8 +576,11 @@ def jax_to_hf(args: argparse.Namespace) -> int:
             raise ConvertError(f"{src} is step {step_hint}; --step {args.step} contradicts it")
         restored = restore_training_model(store_dir, args.step if step_hint is None else str(step_hint))
     task_names = args.task_names or restored.task_names
+    if args.lora_adapter and getattr(restored.config, "lora", None) is None:
+        raise ConvertError(f"--lora_adapter: {restored.description} has no LoRA (its model "
+                           "config's lora is None); export it without --lora_adapter")
     with stage(f"exporting {restored.description} to {args.dst}") as info:
-        written = export_hf(restored, args.dst, task_names)
+        written = export_hf(restored, args.dst, task_names, lora_adapter=args.lora_adapter)
         info["detail"] = f"{human_bytes(sum(folder_size(p) for p in written.values()))} written"
     for name, path in written.items():
         print(f"wrote {path} ({name})")
@@ -676,13 +684,26 @@ def restore_training_model(store_dir: Path, requested: str | None) -> Restored:
     return Restored(model, config, family, task_names, {}, f"step {step} of {store_dir}")
 
 
-def export_hf(restored: Restored, dst: Path, task_names: Sequence[str] | None) -> dict[str, Path]:
-    """Write the HF directory (T5) or the XLM-R export layout; returns ``{name: directory}``."""
-    if restored.family == "t5":
-        from mtl_jax.models.hf_t5 import export_hf_t5
+def export_hf(restored: Restored, dst: Path, task_names: Sequence[str] | None,
+              lora_adapter: bool = False) -> dict[str, Path]:
+    """Write the HF directory (T5) or the XLM-R export layout; returns ``{name: directory}``.
+    A LoRA model is merged (``W + A B * alpha/r``); with ``lora_adapter`` the base model is
+    written instead and the LoRA update as peft adapter directory(ies) next to it."""
+    from mtl_jax.models import lora
+    from mtl_jax.models.peft_adapter import ADAPTER_DIR
 
-        return {restored.config.model_type: export_hf_t5(restored.model, restored.config, dst)}
-    from mtl_jax.models.hf_xlmr import export_hf_xlmr
+    model = restored.model
+    if lora_adapter:
+        model = lora.without_lora(restored.model)
+    if restored.family == "t5":
+        from mtl_jax.models.hf_t5 import export_hf_t5, export_lora_adapter
+
+        written = {restored.config.model_type: export_hf_t5(model, model.config, dst)}
+        if lora_adapter:
+            written[ADAPTER_DIR] = export_lora_adapter(restored.model, dst / ADAPTER_DIR,
+                                                       str(dst.absolute()))
+        return written
+    from mtl_jax.models.hf_xlmr import export_hf_xlmr, export_lora_adapters
 
     n_tasks = len(restored.config.task_num_labels)
     names = list(task_names) if task_names else [f"task_{k}" for k in range(n_tasks)]
@@ -690,7 +711,10 @@ def export_hf(restored: Restored, dst: Path, task_names: Sequence[str] | None) -
         raise ConvertError(f"{len(names)} task names {names} for {n_tasks} task heads "
                            f"(task_num_labels {list(restored.config.task_num_labels)})")
     id2label: Mapping[str, Sequence[str]] = {k: v for k, v in restored.id2label.items() if k in names}
-    return export_hf_xlmr(restored.model, restored.config, dst, names, id2label=id2label)
+    written = export_hf_xlmr(model, model.config, dst, names, id2label=id2label)
+    if lora_adapter:
+        written.update(export_lora_adapters(restored.model, dst, names))
+    return written
 
 
 if __name__ == "__main__":

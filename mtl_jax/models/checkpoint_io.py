@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from mtl_jax.models import lora
 from mtl_jax.models.t5 import T5Config, T5Model
 from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
 
@@ -81,16 +82,22 @@ def abstract_params(family: str, config: ModelConfig) -> dict[str, Any]:
     return nnx.to_pure_dict(nnx.state(abstract_model(family, config), nnx.Param))
 
 
-def model_from_params(family: str, config: ModelConfig, params: Mapping[str, Any]) -> nnx.Module:
+def model_from_params(family: str, config: ModelConfig, params: Mapping[str, Any],
+                      seed: int = 0) -> nnx.Module:
     """A ready model holding ``params`` (pure dict of host or device arrays, cast to the model's
     parameter dtype). Inside ``jax.set_mesh`` + ``nnx.logical_axis_rules`` each parameter is placed
-    with the sharding its logical axes resolve to."""
+    with the sharding its logical axes resolve to. With ``config.lora`` and no LoRA matrices in
+    ``params`` (the base model's parameters), the LoRA matrices start fresh from ``seed``."""
     graphdef, state = nnx.split(abstract_model(family, config))
     given = dict(nnx.to_flat_state(nnx.State(params)))
     mesh = jax.sharding.get_mesh() if not jax.sharding.get_abstract_mesh().empty else None
     leaves = []
+    fresh_lora = False
     for path, var in nnx.to_flat_state(state):
         name = "/".join(map(str, path))
+        if path not in given and lora.is_lora_param(name):
+            fresh_lora = True  # filled by init_lora_params below
+            given[path] = np.zeros(var.get_value().shape, var.get_value().dtype)
         if path not in given:
             raise ValueError(f"no value for parameter {name}")
         spec = var.get_value()
@@ -107,7 +114,10 @@ def model_from_params(family: str, config: ModelConfig, params: Mapping[str, Any
     extra = sorted("/".join(map(str, p)) for p in set(given) - {p for p, _ in leaves})
     if extra:
         raise ValueError(f"parameters not in the {family} model of this config: {extra[:10]}")
-    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+    model = nnx.merge(graphdef, nnx.from_flat_state(leaves))
+    if fresh_lora:
+        lora.init_lora_params(model, seed)
+    return model
 
 
 def _divisible_spec(spec: jax.sharding.PartitionSpec, shape: tuple[int, ...],
@@ -221,12 +231,16 @@ def load_converted(directory: str | Path, **overrides: Any) -> Converted:
     """``(model, config, family)`` from a converted directory.
 
     ``overrides`` replace config fields, e.g. ``dtype="bfloat16"`` or ``attention_impl="xla"``
-    (architecture fields must match the stored parameters). Build inside ``jax.set_mesh`` +
-    ``nnx.logical_axis_rules`` to get a sharded model.
+    (architecture fields must match the stored parameters). ``lora=LoRAConfig(...)`` on a
+    checkpoint without LoRA adds fresh LoRA matrices (B = 0: the same function). Build inside
+    ``jax.set_mesh`` + ``nnx.logical_axis_rules`` to get a sharded model.
     """
     directory = Path(directory)
     record = read_record(directory)
     family = record["family"]
     config = config_from_fields(family, record["config"], str(directory / RECORD_NAME), **overrides)
-    params = restore_params(directory / PARAMS_DIR, family, config)
+    stored = config
+    if record["config"].get("lora") is None and config.lora is not None:
+        stored = dataclasses.replace(config, lora=None)
+    params = restore_params(directory / PARAMS_DIR, family, stored)
     return Converted(model_from_params(family, config, params), config, family)

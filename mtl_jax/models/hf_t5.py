@@ -5,6 +5,10 @@ and both directions are derived from it, so a round trip reproduces every tensor
 Layouts: HF ``nn.Linear`` weights are ``[out, in]``; ours are ``[in, out]`` with attention split
 into heads (``q/k/v``: ``[embed, heads, kv]``, ``o``: ``[heads, kv, embed]``). Files are read and
 written by :mod:`mtl_jax.models.hf_io`.
+
+LoRA: a config with ``lora`` loads the HF weights into the base and gives the LoRA matrices a
+fresh start (B = 0: the same function as the checkpoint). Export writes the merged model
+(``W + A B * alpha/r``); :func:`export_lora_adapter` writes the update as a peft adapter instead.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mtl_jax.models import hf_io
+from mtl_jax.models import hf_io, lora, peft_adapter
 from mtl_jax.models.t5 import T5Config, T5Model
 
 Path_ = tuple[str | int, ...]
@@ -199,19 +203,26 @@ def flat_params(model: nnx.Module) -> dict[Path_, Any]:
     return {tuple(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def model_from_params(params: dict[Path_, np.ndarray], config: T5Config) -> T5Model:
+def model_from_params(
+    params: dict[Path_, np.ndarray], config: T5Config, seed: int = 0
+) -> T5Model:
     """A ``T5Model`` holding ``params`` (cast to ``param_dtype``), built without random init.
 
     Inside ``jax.set_mesh`` + ``nnx.logical_axis_rules`` each parameter is placed with the
-    sharding its logical axes resolve to.
+    sharding its logical axes resolve to. With ``config.lora`` and no LoRA matrices in ``params``
+    (a checkpoint of the base model), the LoRA matrices start fresh from ``seed`` (B = 0).
     """
     abstract = nnx.eval_shape(lambda: T5Model(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     mesh = jax.sharding.get_mesh() if not jax.sharding.get_abstract_mesh().empty else None
     leaves = []
+    fresh_lora = False
     for path, var in nnx.to_flat_state(state):
         spec_value = var.get_value()
         path = tuple(path)
+        if path not in params and lora.is_lora_param("/".join(map(str, path))):
+            fresh_lora = True  # filled by init_lora_params below
+            params = {**params, path: np.zeros(spec_value.shape, spec_value.dtype)}
         if path not in params:
             raise ValueError(f"no value for parameter {'/'.join(map(str, path))}")
         value = np.asarray(params[path])
@@ -227,16 +238,21 @@ def model_from_params(params: dict[Path_, np.ndarray], config: T5Config) -> T5Mo
         else:
             array = jnp.asarray(value, spec_value.dtype)
         leaves.append((path, var.replace(array)))
-    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+    model = nnx.merge(graphdef, nnx.from_flat_state(leaves))
+    if fresh_lora:
+        lora.init_lora_params(model, seed)
+    return model
 
 
-def model_from_hf_state(state: dict[str, np.ndarray], config: T5Config) -> T5Model:
-    """``T5Model`` from an in-memory HF state dict (e.g. ``torch_model.state_dict()`` as NumPy)."""
-    return model_from_params(params_from_hf(state, config), config)
+def model_from_hf_state(state: dict[str, np.ndarray], config: T5Config, seed: int = 0) -> T5Model:
+    """``T5Model`` from an in-memory HF state dict (e.g. ``torch_model.state_dict()`` as NumPy);
+    LoRA matrices, if ``config.lora`` asks for them, start fresh from ``seed``."""
+    return model_from_params(params_from_hf(state, config), config, seed)
 
 
 def hf_state_from_model(model: T5Model) -> dict[str, np.ndarray]:
-    """The HF state dict (float32 NumPy) of ``model``."""
+    """The HF state dict (float32 NumPy) of ``model``, LoRA merged into the kernels."""
+    model = lora.merged(model)
     params = {k: np.asarray(jax.device_get(v), np.float32) for k, v in flat_params(model).items()}
     return params_to_hf(params, model.config)
 
@@ -253,7 +269,28 @@ def load_hf_t5(directory: str | Path, **overrides: Any) -> tuple[T5Model, T5Conf
 
 def export_hf_t5(model: T5Model, config: T5Config, directory: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that ``transformers`` ``from_pretrained`` loads
-    (``MT5ForConditionalGeneration`` for model_type ``mt5``, else ``T5ForConditionalGeneration``)."""
+    (``MT5ForConditionalGeneration`` for model_type ``mt5``, else ``T5ForConditionalGeneration``).
+    A LoRA model is written merged (``W + A B * alpha/r``)."""
     if config.to_hf() != model.config.to_hf():
         raise ValueError("export_hf_t5: config does not describe this model's architecture")
     return hf_io.write_checkpoint(directory, config.to_hf(), hf_state_from_model(model))
+
+
+def export_lora_adapter(
+    model: T5Model, directory: str | Path, base_model: str | None = None
+) -> Path:
+    """Write the model's LoRA update as a peft adapter (``SEQ_2_SEQ_LM``) for the HF model that
+    ``export_hf_t5(lora.without_lora(model), ...)`` writes; ``base_model`` is recorded as
+    ``base_model_name_or_path``."""
+    if model.config.lora is None:
+        raise ValueError("export_lora_adapter: the model has no LoRA (T5Config.lora is None)")
+    entries = parameter_map(model.config)
+    hf_module = {e.ours[:-1]: e.hf.removesuffix(".weight") for e in entries if e.kind != "copy"}
+    weights = {}
+    for path, layer in lora.lora_layers(model):
+        if path not in hf_module:
+            raise ValueError(f"LoRA layer {'/'.join(map(str, path))} has no Hugging Face module")
+        weights[hf_module[path]] = peft_adapter.lora_tensors(layer)
+    targets = peft_adapter.target_modules(weights, hf_module.values())
+    config = peft_adapter.adapter_config(model.config.lora, "SEQ_2_SEQ_LM", targets, base_model)
+    return peft_adapter.write_adapter(directory, config, weights)

@@ -12,6 +12,12 @@ RoBERTa head and is not imported). Export writes this layout::
 Every per-task directory loads with ``from_pretrained`` and reproduces that task's logits;
 ``load_hf_xlmr(DST)`` reads the whole layout back into one multi-task model.
 Tensors are only transposed/reshaped, so both round trips are exact in float32.
+
+LoRA: a config with ``lora`` loads the HF weights into the base and gives the LoRA matrices a
+fresh start (B = 0). Export writes the merged model; :func:`export_lora_adapters` writes the
+update as peft adapters next to an unmerged export (``DST/encoder/adapter``,
+``DST/<task>/adapter``; a task's adapter also carries its classification head, as peft's
+``SEQ_CLS`` adapters do, so it applies to the plain pretrained encoder too).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mtl_jax.models import lora, peft_adapter
 from mtl_jax.models.hf_io import read_config, read_state_dict, write_checkpoint
 from mtl_jax.models.xlmr import XLMRConfig, XLMREncoder, XLMRMultiTask
 
@@ -175,7 +182,8 @@ def load_encoder_state(
 
 
 def encoder_state(model: XLMRMultiTask, prefix: str = "", *, pooler: bool = True) -> dict[str, np.ndarray]:
-    """Our encoder as an HF state dict (float32 NumPy), names prefixed with ``prefix``."""
+    """Our encoder as an HF state dict (float32 NumPy), names prefixed with ``prefix``. LoRA
+    matrices are not part of it (``export_hf_xlmr`` merges them into the kernels first)."""
     out = {}
     for hf_name, path, layout in encoder_tensor_map(model.config):
         if path[0] == "pooler" and not pooler:
@@ -270,8 +278,9 @@ def load_hf_xlmr(
     - Otherwise the encoder from ``directory``, ``task_num_labels`` fresh heads (initialised from
       ``seed``), and head k from ``head_dirs[k]`` (HF classification directories) where given.
 
-    ``config_overrides`` sets ``XLMRConfig`` fields (e.g. ``dtype="bfloat16"``). Build inside
-    ``jax.set_mesh`` + ``nnx.logical_axis_rules`` to get a sharded model.
+    ``config_overrides`` sets ``XLMRConfig`` fields (e.g. ``dtype="bfloat16"``, ``lora=...``:
+    the LoRA matrices then start fresh from ``seed``, B = 0). Build inside ``jax.set_mesh`` +
+    ``nnx.logical_axis_rules`` to get a sharded model.
     """
     directory = Path(directory)
     manifest = directory / MANIFEST_NAME
@@ -307,6 +316,8 @@ def load_hf_xlmr(
         load_head_states(model, states, {k: str(d) for k, d in head_dirs.items()})
     elif head_dirs:
         raise ValueError(f"head_dirs given for a model without tasks (task_num_labels={config.task_num_labels})")
+    if config.lora is not None:
+        lora.init_lora_params(model, seed)
     left = ["/".join(map(str, p)) for p, v in nnx.to_flat_state(nnx.state(model)) if _is_abstract(v)]
     if left:  # a converter bug, never a user error
         raise RuntimeError(f"parameters left uninitialised after import: {left}")
@@ -357,6 +368,7 @@ def export_hf_xlmr(
     if unknown:
         raise ValueError(f"id2label names unknown tasks: {sorted(unknown)}")
 
+    model = lora.merged(model)
     written = {ENCODER_DIR: write_checkpoint(directory / ENCODER_DIR, config.to_hf(), encoder_state(model))}
     prefix = "roberta."
     encoder_no_pooler = encoder_state(model, prefix, pooler=False)
@@ -368,6 +380,52 @@ def export_hf_xlmr(
         entries.append({"name": name, "num_labels": n, "dir": name})
     manifest = {"format": _FORMAT, "add_pooling_layer": config.add_pooling_layer, "tasks": entries}
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return written
+
+
+def export_lora_adapters(
+    model: XLMRMultiTask, directory: str | Path, task_names: Sequence[str]
+) -> dict[str, Path]:
+    """peft adapters of the model's LoRA update for an ``export_hf_xlmr`` layout of
+    ``lora.without_lora(model)`` in ``directory``: ``encoder/adapter`` (``FEATURE_EXTRACTION``,
+    for ``XLMRobertaModel``) and ``<task>/adapter`` (``SEQ_CLS``, for
+    ``XLMRobertaForSequenceClassification``, with the task's head as ``modules_to_save``).
+    Returns ``{"encoder/adapter": path, "<task>/adapter": path, ...}``."""
+    config = model.config
+    if config.lora is None:
+        raise ValueError("export_lora_adapters: the model has no LoRA (XLMRConfig.lora is None)")
+    if len(task_names) != len(config.task_num_labels):
+        raise ValueError(f"{len(task_names)} task names for {len(config.task_num_labels)} heads")
+    directory = Path(directory)
+    hf_module = {
+        ("encoder", *path[:-1]): name.removesuffix(".weight")
+        for name, path, layout in encoder_tensor_map(config)
+        if layout is not _COPY and name.endswith(".weight")
+    }
+    layers = {path: peft_adapter.lora_tensors(layer) for path, layer in lora.lora_layers(model)}
+    unknown = sorted("/".join(map(str, p)) for p in set(layers) - set(hf_module))
+    if unknown:
+        raise ValueError(f"LoRA layers without a Hugging Face module: {unknown}")
+    written = {}
+    for name, prefix in [(ENCODER_DIR, ""), *((t, "roberta.") for t in task_names)]:
+        weights = {prefix + hf_module[p]: tensors for p, tensors in layers.items()}
+        modules = [prefix + m for m in hf_module.values()]
+        if name == ENCODER_DIR:
+            task_type, saved, to_save = "FEATURE_EXTRACTION", {}, None
+        else:
+            # Sequence classifiers have no pooler (the head reads the first token).
+            weights = {m: t for m, t in weights.items() if not m.startswith("roberta.pooler")}
+            modules = [m for m in modules if not m.startswith("roberta.pooler")]
+            modules += [f"{_HEAD_PREFIX}dense", f"{_HEAD_PREFIX}out_proj"]
+            task_type, to_save = "SEQ_CLS", [_HEAD_PREFIX.rstrip(".")]
+            saved = head_state(model, list(task_names).index(name))
+        base = directory / name
+        adapter_cfg = peft_adapter.adapter_config(
+            config.lora, task_type, peft_adapter.target_modules(weights, modules),
+            str(base.absolute()), to_save)
+        out = base / peft_adapter.ADAPTER_DIR
+        written[f"{name}/{peft_adapter.ADAPTER_DIR}"] = peft_adapter.write_adapter(
+            out, adapter_cfg, weights, saved)
     return written
 
 

@@ -102,6 +102,8 @@ class DenseGeneral(nnx.Module):
 
     Multi-axis shapes let attention keep heads as their own (shardable) dimension: a query
     projection is ``embed -> (heads, kv)`` and the output projection ``(heads, kv) -> embed``.
+    ``deterministic``/``rngs`` are accepted and unused here, so a LoRA-wrapped layer
+    (``mtl_jax.models.lora``) can take the place of any dense layer and draw its dropout keys.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class DenseGeneral(nnx.Module):
         self.in_features = _normalize_features(in_features)
         self.out_features = _normalize_features(out_features)
         self.dtype = as_dtype(dtype)
+        self.axis_names = tuple(axis_names)
         shape = self.in_features + self.out_features
         self.kernel = param(rngs, kernel_init, shape, axis_names, param_dtype)
         if use_bias:
@@ -128,7 +131,10 @@ class DenseGeneral(nnx.Module):
         else:
             self.bias = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        del deterministic, rngs
         n_in = len(self.in_features)
         if x.shape[x.ndim - n_in :] != self.in_features:
             raise ValueError(

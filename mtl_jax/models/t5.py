@@ -38,6 +38,7 @@ from mtl_jax.models.layers import (
     param,
     segment_mask,
 )
+from mtl_jax.models.lora import LoRAConfig, apply_lora
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -81,6 +82,7 @@ class T5Config:
     ``lm_head`` and no scaling. ``dtype`` is the compute dtype (parameters stay in ``param_dtype``);
     ``attention_impl`` is ``"auto"`` (``jax.nn.dot_product_attention`` picks), ``"cudnn"`` or
     ``"xla"`` (plain einsum). ``attention_dropout_rate=None`` means ``dropout_rate`` (as HF).
+    ``lora`` wraps the dense layers its targets name with LoRA (``mtl_jax.models.lora``).
     """
 
     vocab_size: int = 250112
@@ -104,8 +106,10 @@ class T5Config:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention_impl: str = "auto"
+    lora: LoRAConfig | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lora", LoRAConfig.coerce(self.lora))
         if self.num_decoder_layers is None:
             object.__setattr__(self, "num_decoder_layers", self.num_layers)
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
@@ -392,10 +396,11 @@ class T5Attention(nnx.Module):
         deterministic: bool,
         rngs: nnx.Rngs | None,
     ) -> jax.Array:
+        drop = dict(deterministic=deterministic, rngs=rngs)
         return self.attend(
-            self.query(x),
-            self.key(context),
-            self.value(context),
+            self.query(x, **drop),
+            self.key(context, **drop),
+            self.value(context, **drop),
             bias=bias,
             mask=mask,
             deterministic=deterministic,
@@ -426,7 +431,7 @@ class T5Attention(nnx.Module):
             deterministic=deterministic,
             rngs=rngs,
         )
-        return self.out(out)
+        return self.out(out, deterministic=deterministic, rngs=rngs)
 
 
 class T5MLP(nnx.Module):
@@ -455,9 +460,13 @@ class T5MLP(nnx.Module):
 
     def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
         act = _ACTIVATIONS[self.activation]
-        h = act(self.wi_0(x)) * self.wi_1(x) if self.gated else act(self.wi(x))
-        h = dropout(h, self.dropout_rate, deterministic=deterministic, rngs=rngs)
-        return self.wo(h)
+        drop = dict(deterministic=deterministic, rngs=rngs)
+        if self.gated:
+            h = act(self.wi_0(x, **drop)) * self.wi_1(x, **drop)
+        else:
+            h = act(self.wi(x, **drop))
+        h = dropout(h, self.dropout_rate, **drop)
+        return self.wo(h, **drop)
 
 
 def _norm(config: T5Config, rngs: Rngs) -> RMSNorm:
@@ -680,6 +689,7 @@ class T5Model(nnx.Module):
                     param_dtype=config.param_dtype,
                     rngs=rngs,
                 )
+            apply_lora(self, config.lora, rngs)  # last: base weights do not depend on LoRA
 
     # -- masks ------------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from mtl_jax.models.layers import (
     eager_sharding_if_mesh,
     padding_mask,
 )
+from mtl_jax.models.lora import LoRAConfig, apply_lora
 
 # Every logical axis name a parameter of this file or of heads.py carries; a rules table must map
 # each of them (to a mesh axis or None), because Flax passes unknown names through as mesh axes.
@@ -87,6 +88,7 @@ class XLMRConfig:
     Defaults are the published ``xlm-roberta-base``. ``task_num_labels[k]`` is the label count of
     task k's head (1 = regression, HF's convention). ``positions="roberta"`` numbers real tokens
     from ``pad_token_id + 1`` (fairseq/RoBERTa); ``"absolute"`` numbers every slot from 0 (BERT).
+    ``lora`` wraps the dense layers its targets name with LoRA (``mtl_jax.models.lora``).
     """
 
     vocab_size: int = 250002
@@ -112,9 +114,11 @@ class XLMRConfig:
     dtype: str = "float32"
     # "auto": jax.nn.dot_product_attention picks the kernel; "cudnn": fused GPU kernel; "xla": einsum.
     attention_impl: str = "auto"
+    lora: LoRAConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_num_labels", tuple(int(n) for n in self.task_num_labels))
+        object.__setattr__(self, "lora", LoRAConfig.coerce(self.lora))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"XLMRConfig.hidden_size={self.hidden_size} is not a multiple of "
@@ -236,11 +240,12 @@ class SelfAttention(nnx.Module):
         self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None
     ) -> jax.Array:
         """``mask`` ``[batch, 1, 1, length]``: padded keys get no weight (queries are all kept)."""
+        drop = dict(deterministic=deterministic, rngs=rngs)
         ctx = dot_product_attention(
-            self.query(x), self.key(x), self.value(x), mask=mask, impl=self.impl,
-            dropout_rate=self.dropout_rate, deterministic=deterministic, rngs=rngs,
+            self.query(x, **drop), self.key(x, **drop), self.value(x, **drop), mask=mask,
+            impl=self.impl, dropout_rate=self.dropout_rate, **drop,
         )
-        return self.out(ctx)
+        return self.out(ctx, **drop)
 
 
 class XLMRLayer(nnx.Module):
@@ -260,7 +265,8 @@ class XLMRLayer(nnx.Module):
     ) -> jax.Array:
         a = self.attention(x, mask, deterministic=deterministic, rngs=rngs)
         x = self.attention_norm(dropout(a, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x)
-        h = self.output(ACTIVATIONS[self.activation](self.intermediate(x)))
+        drop = dict(deterministic=deterministic, rngs=rngs)
+        h = self.output(ACTIVATIONS[self.activation](self.intermediate(x, **drop)), **drop)
         return self.output_norm(dropout(h, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x)
 
 
@@ -368,6 +374,8 @@ class XLMRMultiTask(nnx.Module):
         self.config = config
         self.encoder = XLMREncoder(config, rngs=rngs)
         self.heads = self.make_heads(config, rngs=rngs) if config.task_num_labels else None
+        with eager_sharding_if_mesh():
+            apply_lora(self, config.lora, rngs)  # last: base weights do not depend on LoRA
 
     @staticmethod
     def make_heads(config: XLMRConfig, *, rngs: nnx.Rngs) -> TaskHeads:

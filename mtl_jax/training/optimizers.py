@@ -8,7 +8,7 @@
 - The partition hook: ``partition_fn(path) -> label`` labels every parameter ("trainable",
   "frozen"); frozen parameters go through ``optax.set_to_zero`` (no update) and, because the
   trainable chain is wrapped in a mask, they hold NO optimizer state. LoRA and layer freezing are
-  partition functions.
+  partition functions (``make_partition``: LoRA matrices + ``train`` regexes, minus ``freeze``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtl_jax.models.lora import is_lora_param
 from mtl_jax.training.partitioning import path_str
 
 TRAINABLE, FROZEN = "trainable", "frozen"
@@ -145,6 +146,31 @@ def train_only_matching(*patterns: str) -> PartitionFn:
     """The complement: only parameters matching a pattern are trained (e.g. LoRA/adapters/heads)."""
     compiled = [re.compile(p) for p in patterns]
     return lambda path: TRAINABLE if any(c.search(path) for c in compiled) else FROZEN
+
+
+def make_partition(
+    train: Sequence[str] = (), freeze: Sequence[str] = (), lora: bool = False
+) -> PartitionFn | None:
+    """A run's partition from its switches, by one rule: with LoRA or a ``train`` list, only the
+    LoRA matrices and the parameters matching a ``train`` regex are trained; otherwise all are;
+    in both cases a parameter matching a ``freeze`` regex is frozen. ``None`` when everything
+    trains (no partition, no masking cost). Regexes are ``re.search``-ed in the parameter path."""
+    if isinstance(train, str) or isinstance(freeze, str):
+        raise TypeError("train/freeze take a list of regular expressions, not one string")
+    if not (train or freeze or lora):
+        return None
+    only = [re.compile(p) for p in train]
+    frozen = [re.compile(p) for p in freeze]
+    restrict = lora or bool(only)
+
+    def partition(path: str) -> str:
+        if any(c.search(path) for c in frozen):
+            return FROZEN
+        if restrict and not (is_lora_param(path) or any(c.search(path) for c in only)):
+            return FROZEN
+        return TRAINABLE
+
+    return partition
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -462,9 +462,13 @@ def _bytes_per_device(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec, m
     return n
 
 
-def parameter_table(state: Any, mesh: Mesh, rules: Rules) -> str:
+def parameter_table(
+    state: Any, mesh: Mesh, rules: Rules, frozen: Callable[[str], bool] | None = None
+) -> str:
     """A plain-text table (name, shape, logical axes, mesh sharding, bytes per device) of an NNX
-    state or module, with totals, for the start-of-run log."""
+    state or module, with totals, for the start-of-run log. The totals line counts trainable and
+    frozen parameters; with ``frozen(path)`` (the run's partition) a ``train`` column marks each
+    row ``yes``/``no``, so a LoRA or freezing run shows what it trains."""
     if isinstance(state, nnx.Module):
         state = nnx.state(state)
     pure = nnx.to_pure_dict(state)
@@ -472,7 +476,9 @@ def parameter_table(state: Any, mesh: Mesh, rules: Rules) -> str:
     flat, treedef = jax.tree_util.tree_flatten_with_path(pure)
     flat_axes = treedef.flatten_up_to(axes)
     rows = [("name", "shape", "logical axes", "mesh sharding", "bytes/device")]
-    total = total_dev = count = 0
+    if frozen is not None:
+        rows[0] += ("train",)
+    total = total_dev = count = n_frozen = 0
     for (path, x), ax in zip(flat, flat_axes, strict=True):
         name = _path_str(path)
         shape = _shape(x)
@@ -482,21 +488,25 @@ def parameter_table(state: Any, mesh: Mesh, rules: Rules) -> str:
         total += math.prod(shape) * np.dtype(dtype).itemsize
         total_dev += dev
         count += math.prod(shape)
-        rows.append(
-            (
-                name,
-                "x".join(map(str, shape)) or "()",
-                ",".join("-" if a is None else a for a in ax) if ax else "-",
-                _spec_str(spec, len(shape)),
-                f"{dev:,}",
-            )
+        row = (
+            name,
+            "x".join(map(str, shape)) or "()",
+            ",".join("-" if a is None else a for a in ax) if ax else "-",
+            _spec_str(spec, len(shape)),
+            f"{dev:,}",
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        if frozen is not None:
+            is_frozen = bool(frozen(name))
+            n_frozen += math.prod(shape) if is_frozen else 0
+            row += ("no" if is_frozen else "yes",)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(
         f"{len(flat)} arrays, {count:,} parameters, {total:,} bytes total, {total_dev:,} bytes per "
-        f"device on mesh {dict(mesh.shape)}"
+        f"device on mesh {dict(mesh.shape)}; {count - n_frozen:,} trainable / {n_frozen:,} frozen "
+        "parameters"
     )
     return "\n".join(lines)
 
