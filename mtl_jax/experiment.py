@@ -225,6 +225,17 @@ def objective(cfg: TrainConfig, layout: TaskLayout) -> Any:
         ) from e
 
 
+def gradient_combiner(cfg: TrainConfig) -> Any:
+    if cfg.gradient_combiner is None:
+        return None
+    if cfg.gradient_combiner == "pcgrad":
+        from mtl_jax.training.pcgrad import PCGrad
+
+        return PCGrad()
+    raise ConfigError(
+        f"TrainConfig.gradient_combiner={cfg.gradient_combiner!r}: expected None or 'pcgrad'")
+
+
 def make_optimizer(cfg: TrainConfig, optimizer_args: dict[str, Any],
                    lora: bool = False) -> optimizers.Optimizer:
     """``TrainConfig``'s optimizer dict -> ``optimizers.make_optimizer``. ``train``/``freeze``:
@@ -300,7 +311,7 @@ class Experiment:
         return make_train_step(
             self.graphdef, objective(self.cfg, self.layout), self.optimizer, self.mesh,
             self.shardings, self.batch_sharding, self.cfg.micro_batches, rules=self.rules,
-            deterministic=not self.cfg.dropout,
+            deterministic=not self.cfg.dropout, combiner=gradient_combiner(self.cfg),
         )
 
     def train_batches(self) -> Any:

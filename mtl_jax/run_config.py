@@ -65,6 +65,9 @@ class TrainConfig:
     # Muppet loss scaling: "log_classes" divides each example's loss by log(its task's classes)
     # (vocabulary size for text-to-text); None = off.
     loss_scaling: str | None = None
+    # Gradient surgery across the tasks of each effective batch: "pcgrad" (Yu et al. 2020) or
+    # None. Costs one gradient per task in memory and one backward pass per task present.
+    gradient_combiner: str | None = None
     # None = the family default: "tokens" for t5 (mean over real target tokens), "examples" for xlmr.
     loss_normalization: Any = None
     mesh_data: int = -1

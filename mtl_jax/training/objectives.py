@@ -51,6 +51,8 @@ class LossTerms:
     task_loss: jax.Array  # [num_tasks] weighted loss sums per task (z-loss excluded)
     task_weight: jax.Array  # [num_tasks] weight per task
     z_loss: jax.Array  # summed z-loss (part of numerator)
+    # [num_tasks] each task's share of the numerator (sums to it): what PCGrad differentiates.
+    task_numerator: jax.Array
     # Named additive terms a wrapping objective adds (e.g. "r3f_kl", already inside numerator
     # with its weight); logged normalised like the loss.
     extra: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
@@ -96,9 +98,11 @@ class Objective:
         """The loss terms of one forward pass."""
         raise NotImplementedError
 
-    def divergence(self, outputs_a: Any, outputs_b: Any, batch: Batch) -> jax.Array:
-        """Weighted symmetric KL between two forward passes' predictions, summed (additive over
-        micro-batches like the loss numerator; per-element loss scaling applied)."""
+    def divergence(
+        self, outputs_a: Any, outputs_b: Any, batch: Batch
+    ) -> tuple[jax.Array, jax.Array]:
+        """Symmetric KL between two forward passes' predictions per element (example or target
+        token), weighted and loss-scaled like the loss, and each element's task id."""
         raise NotImplementedError
 
     def embedding_shape(self, model: nnx.Module, batch: Batch) -> tuple[int, int, int]:
@@ -210,20 +214,27 @@ class EncoderDecoderObjective(Objective):
         # Per-task losses are logged unscaled (comparable across runs with and without scaling).
         task_loss, _ = losses.per_task_sums(ce, jnp.ones_like(ce), task_ids, self.num_tasks)
         _, task_weight = losses.per_task_sums(ce, weights, task_ids, self.num_tasks)
+        per_token = ce * self._scale(outputs) + z
+        task_numerator, _ = losses.per_task_sums(per_token, jnp.ones_like(ce), task_ids,
+                                                 self.num_tasks)
         return LossTerms(
-            numerator=jnp.sum(ce) * self._scale(outputs) + jnp.sum(z),
+            numerator=jnp.sum(per_token),
             denominator=jnp.sum(weights),
             task_loss=task_loss,
             task_weight=task_weight,
             z_loss=jnp.sum(z),
+            task_numerator=task_numerator,
         )
 
-    def divergence(self, outputs_a: jax.Array, outputs_b: jax.Array, batch: Batch) -> jax.Array:
+    def divergence(
+        self, outputs_a: jax.Array, outputs_b: jax.Array, batch: Batch
+    ) -> tuple[jax.Array, jax.Array]:
         """Per target token over the vocabulary, weighted by ``decoder_loss_weights`` (padding
         and packing gaps count 0), so the term is normalised like the loss."""
         weights = batch[F.DECODER_LOSS_WEIGHTS].astype(jnp.float32)
         kl = losses.symmetric_kl(outputs_a, outputs_b)
-        return jnp.sum(kl * weights) * self._scale(outputs_a)
+        return (kl * weights * self._scale(outputs_a),
+                _task_ids_like(batch, batch[F.DECODER_TARGET_TOKENS].shape))
 
     def embedding_shape(self, model: nnx.Module, batch: Batch) -> tuple[int, int, int]:
         b, length = batch[F.ENCODER_INPUT_TOKENS].shape
@@ -307,20 +318,25 @@ class ClassificationObjective(Objective):
         per_example = per_example_loss(outputs, batch[F.LABELS], batch.get(F.REGRESSION_TARGETS))
         weights = self._weights(batch)
         per_example = jnp.where(weights > 0, per_example, 0.0)
+        task_ids = batch[F.TASK_ID].astype(jnp.int32)
         task_loss, task_weight = losses.per_task_sums(
-            per_example, weights, batch[F.TASK_ID].astype(jnp.int32), self.num_tasks
+            per_example, weights, task_ids, self.num_tasks
         )
+        scaled = per_example * weights * self.example_scale(batch)
+        task_numerator, _ = losses.per_task_sums(scaled, jnp.ones_like(scaled), task_ids,
+                                                 self.num_tasks)
         return LossTerms(
-            numerator=jnp.sum(per_example * weights * self.example_scale(batch)),
+            numerator=jnp.sum(scaled),
             denominator=jnp.sum(weights),
             task_loss=task_loss,
             task_weight=task_weight,
             z_loss=jnp.zeros((), jnp.float32),
+            task_numerator=task_numerator,
         )
 
     def divergence(
         self, outputs_a: dict[str, jax.Array], outputs_b: dict[str, jax.Array], batch: Batch
-    ) -> jax.Array:
+    ) -> tuple[jax.Array, jax.Array]:
         """Over each example's own label columns (other tasks' columns masked out); regression
         examples contribute nothing."""
         logits_a, logits_b = outputs_a["logits"], outputs_b["logits"]
@@ -328,7 +344,7 @@ class ClassificationObjective(Objective):
         valid = columns[None, :] < outputs_a["num_labels"][:, None]
         kl = losses.symmetric_kl(logits_a, logits_b, valid)
         weights = self._weights(batch) * (~outputs_a["is_regression"]).astype(jnp.float32)
-        return jnp.sum(kl * weights * self.example_scale(batch))
+        return kl * weights * self.example_scale(batch), batch[F.TASK_ID].astype(jnp.int32)
 
     def embedding_shape(self, model: nnx.Module, batch: Batch) -> tuple[int, int, int]:
         b, length = batch[F.INPUT_IDS].shape
@@ -397,9 +413,14 @@ class R3FObjective:
         rows = batch.get(F.ROW_INDEX, jnp.arange(shape[0]))
         z = self.sample_noise(stream(), rows, shape)  # one key per step, whatever the split
         noised = self.base.outputs(model, batch, deterministic, rngs, embedding_noise=z)
-        kl = self.base.divergence(clean, noised, batch)
+        values, task_ids = self.base.divergence(clean, noised, batch)
+        per_task, _ = losses.per_task_sums(values, jnp.ones_like(values), task_ids,
+                                           self.num_tasks)
+        kl = jnp.sum(values)
         return dataclasses.replace(
-            terms, numerator=terms.numerator + self.lam * kl, extra={**terms.extra, "r3f_kl": kl}
+            terms, numerator=terms.numerator + self.lam * kl,
+            task_numerator=terms.task_numerator + self.lam * per_task,
+            extra={**terms.extra, "r3f_kl": kl},
         )
 
     def finalize(self, terms: LossTerms) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -29,6 +29,7 @@ from mtl_jax import features as F
 from mtl_jax.training import partitioning as part
 from mtl_jax.training.objectives import Batch, LossTerms, Objective, loss_scale
 from mtl_jax.training.optimizers import Optimizer
+from mtl_jax.training.pcgrad import is_task_specific
 from mtl_jax.training.train_state import TrainState, merge_model, step_key
 
 Metrics = dict[str, jax.Array]
@@ -90,12 +91,14 @@ def make_train_step(
     rules: part.Rules = part.T5X_RULES,
     deterministic: bool = False,
     donate: bool = True,
+    combiner: Any = None,
 ) -> CompiledStep:
     """``step(state, batch) -> (new_state, metrics)``, compiled once per batch shape.
 
-    Stages: (a) gradients and additive loss terms, accumulated over ``micro_batches``;
-    (b) [to come: a gradient combiner over per-task gradients, PCGrad]; (c) the optimizer
-    update, skipped when anything is not finite.
+    Stages: (a) gradients and additive loss terms, accumulated over ``micro_batches`` (one
+    gradient per task when there is a ``combiner``); (b) the optional ``combiner``
+    (``combine(task_grads, present, key, shared) -> grads``, e.g. ``pcgrad.PCGrad``) turns the
+    per-task gradients into one; (c) the optimizer update, skipped when anything is not finite.
 
     ``metrics``: ``loss``, ``z_loss``, ``per_task_loss`` / ``per_task_weight`` (``[num_tasks]``),
     ``weight`` (real target tokens or examples in the effective batch), ``grad_norm`` (global norm
@@ -139,8 +142,17 @@ def make_train_step(
                 terms = terms_of(t, b, k)
                 return terms.numerator, terms
 
-            grads, terms = _accumulate(jax.grad(numerator, has_aux=True), train, batch, key,
-                                       micro_batches, mesh, rules, constrain)
+            if combiner is None:
+                grads, terms = _accumulate(jax.grad(numerator, has_aux=True), train, batch, key,
+                                           micro_batches, mesh, rules, constrain)
+            else:
+                task_grads, terms = _accumulate(
+                    _per_task_grads(terms_of, objective.num_tasks), train, batch, key,
+                    micro_batches, mesh, rules, lambda g: g, per_task=objective.num_tasks)
+                # (b) the combiner sees every task's gradient.
+                shared = [not is_task_specific(p) for p in _paths(state.params, train_idx)]
+                grads = combiner.combine(task_grads, terms.task_weight > 0,
+                                         jax.random.fold_in(key, NOISE_STREAM + 1), shared)
 
             # (c) normalise, update, and keep the old state if anything is not finite.
             scale = loss_scale(objective.normalization, terms.denominator)
@@ -197,8 +209,10 @@ def _accumulate(
     mesh: Mesh,
     rules: part.Rules,
     constrain: Callable[[list[jax.Array]], list[jax.Array]],
+    per_task: int = 0,
 ) -> tuple[list[jax.Array], LossTerms]:
-    """Stage (a): summed float32 gradients and summed terms over the micro-batches."""
+    """Stage (a): summed float32 gradients (``[per_task, ...]`` per leaf when ``per_task``) and
+    summed terms over the micro-batches."""
     if micro_batches == 1:
         grads, terms = grad_fn(train, batch, key)
         return [g.astype(jnp.float32) for g in grads], terms
@@ -215,11 +229,42 @@ def _accumulate(
         acc_t = jax.tree.map(jnp.add, acc_t, t)
         return (constrain(acc_g), acc_t), None
 
-    zeros = constrain([jnp.zeros(p.shape, jnp.float32) for p in train])
+    lead = (per_task,) if per_task else ()
+    zeros = constrain([jnp.zeros((*lead, *p.shape), jnp.float32) for p in train])
     (grads, terms), _ = jax.lax.scan(
         body, (zeros, zeros_t), (jnp.arange(micro_batches), micro)
     )
     return grads, terms
+
+
+def _per_task_grads(terms_of: Callable[..., LossTerms], num_tasks: int) -> Callable[..., Any]:
+    """Gradient of each task's share of the loss numerator, ``[num_tasks, ...]`` per leaf: one
+    forward pass, then one backward pass (a VJP reusing its residuals) per task present."""
+
+    def fn(train: list[jax.Array], batch: Batch, key: jax.Array) -> Any:
+        def task_numerators(t: list[jax.Array]) -> tuple[jax.Array, LossTerms]:
+            terms = terms_of(t, batch, key)
+            return terms.task_numerator, terms
+
+        _, vjp, terms = jax.vjp(task_numerators, train, has_aux=True)
+        present = terms.task_weight > 0
+
+        def one(task: jax.Array) -> list[jax.Array]:
+            cotangent = jax.nn.one_hot(task, num_tasks, dtype=jnp.float32)
+            return jax.lax.cond(
+                present[task],
+                lambda: [g.astype(jnp.float32) for g in vjp(cotangent)[0]],
+                lambda: [jnp.zeros(p.shape, jnp.float32) for p in train],
+            )
+
+        return jax.lax.map(one, jnp.arange(num_tasks)), terms
+
+    return fn
+
+
+def _paths(params: Any, idx: list[int]) -> list[str]:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [jax.tree_util.keystr(flat[i][0]) for i in idx]
 
 
 def all_finite(tree: Any) -> jax.Array:
