@@ -14,6 +14,7 @@ Built-in mixtures (``{fmt}`` is ``t2t`` for mT5 or ``cls`` for XLM-R):
 | ``xglue_{fmt}`` | the English train task of XNLI, PAWS-X, NC, QADSM, QAM, WPR | examples-proportional, cap K = 2^17 |
 | ``xglue_mix_{fmt}`` | as ``xglue_{fmt}`` with ``xnli_mix_{fmt}`` in place of ``xnli_{fmt}_en`` | examples-proportional, cap K = 2^17 |
 | ``xglue_mc4_t2t`` | ``xglue_t2t`` + ``mc4_t2t_{lang}`` for the 20 mC4 languages | XGLUE part as ``xglue_t2t`` scaled to 95 %; mC4 a fixed 5 % split equally (0.25 % per language) |
+| ``xglue_mix_mc4_t2t`` | ``xglue_mix_t2t`` + the 20 mC4 languages (the thesis's final mT5 setup) | XGLUE part scaled to 99 %; mC4 a fixed 1 % split equally |
 | ``ctkfacts_{fmt}`` | ``ctkfacts_nli_{fmt}_cs`` + ``ctkfacts_xnli_{fmt}_cs`` (both CTKFacts formulations) | equal |
 | ``demo_{fmt}`` | ``xnli_mix_{fmt}`` + the five other XGLUE English train tasks + ``ctkfacts_nli_{fmt}_cs``, on the default (bundled) sources | equal |
 
@@ -47,6 +48,7 @@ XGLUE_DATASETS = ("xnli", "pawsx", "nc", "qadsm", "qam", "wpr")
 CTKFACTS_DATASETS = ("ctkfacts_nli", "ctkfacts_xnli")
 XGLUE_CAP = 2**17
 MC4_TOTAL_SHARE = 0.05
+MC4_THESIS_SHARE = 0.01  # the thesis's final mT5 setup mixes span corruption at 1 %
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"
 
@@ -341,7 +343,16 @@ def register_builtin_mixtures() -> list[str]:
         evaluation_tasks=_evaluation_tasks(XGLUE_DATASETS, "t2t"),
         description=f"XGLUE + mC4 span corruption at a fixed {MC4_TOTAL_SHARE:.0%} in total",
     )
-    names.append("xglue_mc4_t2t")
+    register_mixture(
+        "xglue_mix_mc4_t2t",
+        ["xnli_mix_t2t", *[f"{ds}_t2t_en" for ds in XGLUE_DATASETS[1:]]],
+        "examples_proportional",
+        cap=XGLUE_CAP,
+        fixed={f"mc4_t2t_{lang}": MC4_THESIS_SHARE / len(mc4) for lang in mc4},
+        evaluation_tasks=_evaluation_tasks(XGLUE_DATASETS, "t2t"),
+        description=f"XGLUE with XNLI_mix + mC4 span corruption at {MC4_THESIS_SHARE:.0%} in total",
+    )
+    names += ["xglue_mc4_t2t", "xglue_mix_mc4_t2t"]
     return names
 
 
