@@ -382,6 +382,7 @@ _DROPOUT_USERS = (
     "mtl_jax.models.t5",
     "mtl_jax.models.xlmr",
     "mtl_jax.models.heads",
+    "mtl_jax.models.lora",
 )
 
 

@@ -156,6 +156,17 @@ def test_dropout_on_the_lora_path_only():
     assert not np.allclose(d1, det) and not np.allclose(d1, d2)
 
 
+def test_lora_dropout_sites_use_the_models_dropout_stream(monkeypatch):
+    """Every LoRA layer drops its own input at LoRA's rate, each with its own key from the
+    model's ``dropout`` stream (the model's own dropout is off here)."""
+    records = helpers.recording_dropout(monkeypatch)
+    model = T5Model(T5Config(**T5_TINY, lora=LoRAConfig(rank=4, dropout=0.3)), rngs=nnx.Rngs(0))
+    enc, dec = _t5_tokens()
+    model(enc, dec, deterministic=False, rngs=nnx.Rngs(dropout=0))
+    assert len(records) == 2 + 2 * 2 * 2  # q, v: 1 encoder attention, 2 x 2 decoder attentions
+    helpers.check_dropout_sites([(np.asarray(x), np.asarray(y)) for x, y in records], lambda x: 0.3)
+
+
 # -- zero delta at init ------------------------------------------------------------------------------
 
 
