@@ -3,6 +3,7 @@
     python tools/benchmark.py --model mt5_small --batch 32 --inputs 512 --targets 64 --steps 20
     python tools/benchmark.py --model mt5_base --dtype bfloat16 --compare micro_batches=1,4
     python tools/benchmark.py --model xlmr_base --batch 32 --inputs 256 --compare rules=t5x,fsdp
+    python tools/benchmark.py --model mt5_small --compare method=plain,r3f,lora,pcgrad
 
 What runs is the trainer's own step (``make_train_step`` with the real optimizer, objective,
 shardings and donation) on batches named as in ``mtl_jax.features`` and placed through
@@ -64,7 +65,9 @@ _XLMR_COMMON = dict(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_
                     layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
                     positions="roberta", model_type="xlm-roberta")
 
-COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout")
+COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout", "method")
+# --method: the MTL method switched on in the step (thesis settings; docs/methods.md).
+METHODS = ("plain", "r3f", "loss_scaling", "pcgrad", "lora")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,6 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="compute dtype (default: float32 on CPU, "
                                                  "bfloat16 on accelerators)")
     p.add_argument("--micro_batches", type=int, default=1)
+    p.add_argument("--method", default="plain",
+                   help=f"MTL method in the step: {' | '.join(METHODS)} (R3F sigma 1e-5 lambda "
+                        "1e-2; LoRA r 32 alpha 32 on q/v, base frozen; PCGrad over the tasks of "
+                        "--task_labels)")
     p.add_argument("--attention", default="auto", help="attention impl: auto | cudnn | xla")
     p.add_argument("--dropout", default="on", choices=("on", "off"),
                    help="dropout as in training (on) or deterministic steps (off)")
@@ -124,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--min_fill must be in (0, 1], got {args.min_fill}")
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.method not in METHODS:
+        p.error(f"--method {args.method!r}: use one of {', '.join(METHODS)}")
     if args.compare is not None:
         key, _, values = args.compare.partition("=")
         if key not in COMPARABLE or not values:
@@ -222,6 +231,10 @@ def model_config(base: Any, args: argparse.Namespace, dtype: str) -> Any:
         value = getattr(args, flag)
         if value is not None:
             extra[field] = value
+    if getattr(args, "method", "plain") == "lora":
+        from mtl_jax.models.lora import LoRAConfig
+
+        extra["lora"] = LoRAConfig(rank=32, alpha=32.0, dropout=0.1)
     return dataclasses.replace(base, dtype=dtype, attention_impl=args.attention, **extra)
 
 
@@ -352,7 +365,21 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
         model_cls = XLMRMultiTask
         objective = ClassificationObjective(num_tasks=len(labels), num_labels=labels)
         opt_name = args.optimizer or "adamw"
-    optimizer = optimizers.make_optimizer(opt_name, learning_rate=1e-3 if family == "t5" else 1e-5)
+    partition = optimizers.make_partition(train=["heads"], lora=True) if args.method == "lora" \
+        else None
+    optimizer = optimizers.make_optimizer(opt_name, learning_rate=1e-3 if family == "t5" else 1e-5,
+                                          partition_fn=partition)
+    if args.method == "r3f":
+        from mtl_jax.training.objectives import R3FObjective
+
+        objective = R3FObjective(objective, sigma=1e-5, lam=1e-2)
+    elif args.method == "loss_scaling":
+        objective = dataclasses.replace(objective, loss_scaling="log_classes")
+    combiner = None
+    if args.method == "pcgrad":
+        from mtl_jax.training.pcgrad import PCGrad
+
+        combiner = PCGrad()
     seed = args.seed
     graphdef, state, shardings = create_train_state(
         lambda: model_cls(config, rngs=nnx.Rngs(seed)), optimizer, mesh, rules, seed
@@ -360,7 +387,7 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
     batch_sh = part.batch_sharding(mesh, rules)
     step = make_train_step(graphdef, objective, optimizer, mesh, shardings, batch_sh,
                            micro_batches=args.micro_batches, rules=rules,
-                           deterministic=args.dropout == "off")
+                           deterministic=args.dropout == "off", combiner=combiner)
     procs, rank = jax.process_count(), jax.process_index()
     if args.batch % procs:
         raise SystemExit(f"--batch {args.batch} is not divisible by {procs} processes")
