@@ -83,6 +83,19 @@ def test_keeps_last_and_best(tmp_path):
     store.close()
 
 
+def test_a_tie_keeps_the_earlier_best_as_the_training_loop_reports_it(tmp_path):
+    """The loop moves its best step only on a strict improvement; the store must keep that
+    step's checkpoint when a later evaluation ties it (it once kept the later one instead)."""
+    state = _state(_mesh((1, 1, 1)))
+    store = CheckpointStore(tmp_path / "ckpt", keep_last=1, keep_best=1, async_save=False)
+    for step, score in {4: 0.17, 8: 0.15, 12: 0.17, 13: None}.items():
+        store.save(step, state, {}, {"model": MODEL}, score=score)
+    store.wait()
+    assert store.best_step() == 4
+    assert set(store.all_steps()) == {4, 13}
+    store.close()
+
+
 def test_incompatible_model_is_clear_and_harmless(tmp_path):
     mesh = _mesh((1, 1, 1))
     state = _state(mesh)

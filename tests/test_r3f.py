@@ -266,3 +266,78 @@ def test_bf16_mt5_with_r3f_over_a_250k_vocabulary_stays_finite_for_200_steps():
     assert sum(int(h["skipped"]) for h in history) == 0
     assert kls.max() > 0, "the noise never reached the predictions"
     assert losses_[-20:].mean() < losses_[:20].mean(), "it did not train"
+
+
+def test_r4f_heads_end_with_spectral_norm_one_and_training_matches_evaluation():
+    """After training steps every task head's effective out projection has largest singular
+    value 1 (to 1e-3); the power-iteration state lives in the checkpointed non-trainable state,
+    moves with the steps, and the eval step sees exactly the weights the train step used."""
+    import dataclasses
+
+    cfg = dataclasses.replace(_xlmr().config, head_spectral_norm=True)
+    objective = obj.R3FObjective(obj.ClassificationObjective(num_tasks=3, num_labels=(3, 2, 1)),
+                                 sigma=1e-3, lam=0.1)
+    optimizer = opt.make_optimizer("adamw", learning_rate=3e-2)
+    mesh = part.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    rules = part.rules_by_name("fsdp")
+    graphdef, state, shardings = ts.create_train_state(
+        lambda: XLMRMultiTask(cfg, rngs=nnx.Rngs(0)), optimizer, mesh, rules, 0)
+    u0 = np.asarray(jax.device_get(state.rest)["heads"]["sn_u"])
+    bs = part.batch_sharding(mesh, rules)
+    step = st.make_train_step(graphdef, objective, optimizer, mesh, shardings, bs, rules=rules,
+                              donate=False)
+    batch = part.global_batch(_cls_batch(b=12), mesh, bs)
+    for _ in range(25):
+        state, _ = step(state, batch)
+    model = ts.merge_model(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
+    assert not np.allclose(np.asarray(model.heads.sn_u[...]), u0), "the iteration never ran"
+    effective = np.asarray(model.heads.out_projection())
+    for t, n in enumerate(cfg.task_num_labels):
+        top = np.linalg.svd(effective[t][:, :n], compute_uv=False)[0]
+        assert top <= 1 + 1e-3 and top > 0.9, (t, top)
+    raw_top = np.linalg.svd(np.asarray(model.heads.out_kernel[...][0]), compute_uv=False)[0]
+    assert abs(raw_top - 1) > 1e-2, "the raw kernel is already normalised: nothing was tested"
+    # The eval step's logits come from the same normalised kernels as a direct forward.
+    predict = st.make_eval_step(graphdef, lambda m, b: obj.ClassificationObjective(
+        num_tasks=3, num_labels=(3, 2, 1)).predict(m, b)["logits"], mesh, shardings, bs,
+        rules=rules)
+    via_step = np.asarray(jax.device_get(predict(state, batch)))
+    direct = np.asarray(model(jnp.asarray(_cls_batch(b=12)[F.INPUT_IDS]),
+                              jnp.asarray(_cls_batch(b=12)[F.ATTENTION_MASK]),
+                              jnp.asarray(_cls_batch(b=12)[F.TASK_ID]))["logits"])
+    np.testing.assert_allclose(via_step, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_r4f_metrics_logged_at_the_best_step_equal_evaluate_of_the_best_checkpoint(tmp_path):
+    """The thesis saw evaluation during training disagree with evaluation after reloading the
+    best checkpoint; here the train CLI's logged metrics at the best step and the evaluate CLI's
+    on the reloaded best checkpoint must be the same numbers."""
+    import json
+    import subprocess
+    import sys
+
+    import cli_runs as runs
+
+    run = tmp_path / "r4f"
+    params = ["TrainConfig.mixture=ctkfacts_cls", "TrainConfig.num_steps=12",
+              "TrainConfig.eval_every=4", "TrainConfig.max_eval_examples=48",
+              "TrainConfig.batch_size=16", "TrainConfig.progress=False",
+              "TrainConfig.optimizer={'name': 'adamw', 'learning_rate': 1e-3}",
+              f"TrainConfig.model_dir={run}"]
+    args = ["--gin_file=demo_xlmr.gin", "--gin_file=methods/r4f.gin",
+            *[f"--gin_param={p}" for p in params]]
+    env = runs.env_for(1)
+    done = subprocess.run([sys.executable, "-m", "mtl_jax.train", *args], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = runs.records(run, "eval_summary")
+    best = summaries[-1]["best_step"]
+    logged = {(r["task"], r["language"]): r["value"] for r in runs.records(run, "eval")
+              if r["step"] == best and r["metric"] == "macro_f1"}
+    done = subprocess.run([sys.executable, "-m", "mtl_jax.evaluate", *args, f"--checkpoint={run}",
+                           "--step=best", f"--output_dir={tmp_path / 'eval'}"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / f"eval_validation_step{best}.json").read_text())
+    reloaded = {(task, lang): v for task, row in report["scores"].items() for lang, v in row.items()}
+    assert logged and reloaded == pytest.approx(logged, abs=1e-12)

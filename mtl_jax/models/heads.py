@@ -25,8 +25,23 @@ from mtl_jax.models.layers import dropout, param
 from mtl_jax.models.losses import classification_cross_entropy, masked_logits, squared_error
 
 
+class SpectralVector(nnx.Variable):
+    """Power-iteration state of a spectrally normalised layer: not trained, checkpointed."""
+
+
+def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
 class TaskHeads(nnx.Module):
-    """T RoBERTa heads, computed in float32 (they are tiny, and the logits feed the loss)."""
+    """T RoBERTa heads, computed in float32 (they are tiny, and the logits feed the loss).
+
+    ``spectral_norm`` (R4F, Aghajanyan et al. 2020): each head's out projection is used divided by
+    its largest singular value, estimated by one power iteration from the stored vector ``sn_u``
+    (``[tasks, max_labels]``). The forward pass never writes ``sn_u``; ``update_spectral`` moves it
+    one iteration on, after each optimizer update. Training and evaluation at the same state
+    therefore use exactly the same normalised weights, and the state is checkpointed with the
+    model."""
 
     def __init__(
         self,
@@ -36,6 +51,7 @@ class TaskHeads(nnx.Module):
         dropout_rate: float,
         initializer_range: float,
         rngs: nnx.Rngs,
+        spectral_norm: bool = False,
     ):
         task_num_labels = tuple(int(n) for n in task_num_labels)
         if not task_num_labels or min(task_num_labels) < 1:
@@ -57,10 +73,37 @@ class TaskHeads(nnx.Module):
         self.out_bias = param(rngs, zeros, (t, c), ("tasks", "classes"))
         self.task_num_labels = task_num_labels
         self.dropout_rate = dropout_rate
+        self.spectral_norm = spectral_norm
+        if spectral_norm:
+            # A fixed start (normalised, label columns only): no RNG draw, so enabling R4F leaves
+            # every other parameter's initialisation unchanged.
+            start = (jnp.arange(c)[None, :] < labels[:, None]).astype(jnp.float32)
+            self.sn_u = SpectralVector(_normalize(start))
 
     @property
     def max_labels(self) -> int:
         return max(self.task_num_labels)
+
+    def _power_step(self, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One power iteration from ``sn_u``: ``(v [T, hidden], u [T, labels])``, no gradient."""
+        u = jax.lax.stop_gradient(self.sn_u[...])
+        w = jax.lax.stop_gradient(kernel)
+        v = _normalize(jnp.einsum("thc,tc->th", w, u))
+        return v, _normalize(jnp.einsum("thc,th->tc", w, v))
+
+    def out_projection(self) -> jax.Array:
+        """The out-projection kernels the forward pass uses ``[T, hidden, labels]``."""
+        kernel = self.out_kernel[...]
+        if not self.spectral_norm:
+            return kernel
+        v, u = self._power_step(kernel)
+        sigma = jnp.einsum("th,thc,tc->t", v, kernel, u)  # gradient flows through the kernel
+        return kernel / sigma[:, None, None]
+
+    def update_spectral(self) -> None:
+        """Move the power iteration one step on with the current kernels (after an update)."""
+        if self.spectral_norm:
+            self.sn_u[...] = self._power_step(self.out_kernel[...])[1]
 
     def __call__(
         self,
@@ -76,7 +119,7 @@ class TaskHeads(nnx.Module):
         dense = jnp.einsum("bh,thk->btk", x, self.dense_kernel[...]) + self.dense_bias[...][None]
         h = jnp.take_along_axis(jnp.tanh(dense), task_id[:, None, None], axis=1)[:, 0]
         h = dropout(h, self.dropout_rate, deterministic=deterministic, rngs=rngs)
-        kernel = jnp.take(self.out_kernel[...], task_id, axis=0)  # [batch, hidden, max_labels]
+        kernel = jnp.take(self.out_projection(), task_id, axis=0)  # [batch, hidden, max_labels]
         raw = jnp.einsum("bh,bhc->bc", h, kernel) + jnp.take(self.out_bias[...], task_id, axis=0)
         num_labels = jnp.take(jnp.asarray(self.task_num_labels, jnp.int32), task_id)
         return {

@@ -245,7 +245,8 @@ def head_state(model: XLMRMultiTask, task: int) -> dict[str, np.ndarray]:
     return {
         f"{_HEAD_PREFIX}dense.weight": np.asarray(heads.dense_kernel[...][task]).T,
         f"{_HEAD_PREFIX}dense.bias": np.asarray(heads.dense_bias[...][task]),
-        f"{_HEAD_PREFIX}out_proj.weight": np.asarray(heads.out_kernel[...][task][:, :n]).T,
+        # The kernel the forward pass uses (divided by its spectral norm under R4F).
+        f"{_HEAD_PREFIX}out_proj.weight": np.asarray(heads.out_projection()[task][:, :n]).T,
         f"{_HEAD_PREFIX}out_proj.bias": np.asarray(heads.out_bias[...][task][:n]),
     }
 

@@ -111,6 +111,8 @@ class XLMRConfig:
     model_type: str = "xlm-roberta"
     add_pooling_layer: bool = True
     task_num_labels: tuple[int, ...] = ()
+    # R4F: spectrally normalise each task head's out projection (heads.TaskHeads).
+    head_spectral_norm: bool = False
     dtype: str = "float32"
     # "auto": jax.nn.dot_product_attention picks the kernel; "cudnn": fused GPU kernel; "xla": einsum.
     attention_impl: str = "auto"
@@ -387,7 +389,13 @@ class XLMRMultiTask(nnx.Module):
                 dropout_rate=config.classifier_dropout_rate,
                 initializer_range=config.initializer_range,
                 rngs=rngs,
+                spectral_norm=config.head_spectral_norm,
             )
+
+    def post_update(self) -> None:
+        """Called by the train step after each optimizer update (R4F's power iteration)."""
+        if self.heads is not None:
+            self.heads.update_spectral()
 
     def __call__(
         self,

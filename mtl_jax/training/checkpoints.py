@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 
 STATE, DATA, CONFIG = "state", "data", "config"
 SCORE_KEY = "score"
+STEP_KEY = "step"
+# Among equal scores the EARLIER step is the best, as in the training loop (which moves its best
+# only on a strict improvement): otherwise orbax could keep a later tied step and delete the
+# checkpoint the run reports as best.
+_TIE_BREAK = 1e-12
+
+
+def _ranking(metrics: dict[str, Any]) -> float:
+    return float(metrics[SCORE_KEY]) - _TIE_BREAK * float(metrics.get(STEP_KEY, 0))
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -64,7 +73,7 @@ class CheckpointStore:
         if keep_best > 0:
             policies.append(
                 ocp.checkpoint_managers.BestN(
-                    get_metric_fn=lambda m: m[SCORE_KEY],
+                    get_metric_fn=_ranking,
                     n=keep_best,
                     keep_checkpoints_without_metrics=False,
                 )
@@ -74,7 +83,7 @@ class CheckpointStore:
             enable_async_checkpointing=async_save,
             # A step saved without a score (e.g. on SIGTERM between evaluations) is still kept as
             # one of the latest; best_step ignores it.
-            best_fn=lambda m: m[SCORE_KEY],
+            best_fn=_ranking,
             best_mode="max",
             keep_checkpoints_without_metrics=True,
             cleanup_tmp_directories=True,
@@ -111,7 +120,7 @@ class CheckpointStore:
 
         Raises ``CheckpointSaveError`` if this save, or the previous async one, failed.
         """
-        metrics = None if score is None else {SCORE_KEY: float(score)}
+        metrics = None if score is None else {SCORE_KEY: float(score), STEP_KEY: int(step)}
         self.wait()  # a failed background save surfaces here, under its own step
         # Orbax creates the step's folder in a background thread; if that fails, waiting for the
         # save blocks for the coordination timeout (minutes). A small synchronous write first

@@ -106,8 +106,8 @@ def make_train_step(
     loss, the gradient norm or the update was not finite: the update was not applied, the
     step counter still advanced; see docs/faults.md) and every extra term the objective names
     (e.g. ``r3f_kl``). ``deterministic=True`` turns dropout off. The model's non-trainable state
-    is read, not written: changes a forward pass makes to it (none of our models make any) are
-    dropped.
+    is read, not written, by the forward passes; after the update the model's ``post_update``
+    hook (if it has one: R4F's power iteration) may move it on.
     """
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
@@ -174,6 +174,7 @@ def make_train_step(
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(updates)
             params = keep_unless(ok, params, state.params)
             opt_state = keep_unless(ok, opt_state, state.opt_state)
+            rest = keep_unless(ok, _post_update(graphdef, params, state.rest), state.rest)
             metrics = dict(aux)
             metrics["loss"] = loss
             metrics["grad_norm"] = grad_norm
@@ -181,7 +182,8 @@ def make_train_step(
                 optimizer.learning_rate_fn(state.step), jnp.float32
             )
             metrics["skipped"] = jnp.logical_not(ok).astype(jnp.int32)
-            new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+            new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                      rest=rest)
             return new_state, metrics
 
     jitted = jax.jit(
@@ -260,6 +262,16 @@ def _per_task_grads(terms_of: Callable[..., LossTerms], num_tasks: int) -> Calla
         return jax.lax.map(one, jnp.arange(num_tasks)), terms
 
     return fn
+
+
+def _post_update(graphdef: nnx.GraphDef, params: Any, rest: Any) -> Any:
+    """The model's non-trainable state after its ``post_update`` hook (R4F's power iteration),
+    run on the updated parameters; models without the hook keep ``rest`` as it is."""
+    model = merge_model(graphdef, params, rest)
+    if not hasattr(model, "post_update"):
+        return rest
+    model.post_update()
+    return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])
 
 
 def _paths(params: Any, idx: list[int]) -> list[str]:
