@@ -73,9 +73,12 @@ def configure_sources(cfg: TrainConfig) -> None:
     from mtl_jax.data import sources
 
     sources.reset_sources()
+    if cfg.on_bad_row not in ("error", "skip"):
+        raise ConfigError(f"TrainConfig.on_bad_row={cfg.on_bad_row!r}: expected 'error' or 'skip'")
     for dataset, spec in cfg.sources.items():
         try:
-            parsed = sources.set_source(dataset, spec)
+            parsed = dataclasses.replace(sources.parse_source(spec), on_bad_row=cfg.on_bad_row)
+            sources.set_source(dataset, parsed)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"TrainConfig.sources[{dataset!r}]={spec!r}: {e}") from e
         if parsed.kind == "local" and not Path(parsed.path).exists():

@@ -28,6 +28,9 @@ class TrainConfig:
     # Where each dataset is read from: {"xnli": "/data/xnli", "nc": "hub", ...}; datasets not
     # named use the bundled samples (see mtl_jax.data.sources).
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    # What a malformed row of a source named in `sources` does: "error" stops with a message
+    # naming dataset, file and row; "skip" drops it, counts it and logs the count per file.
+    on_bad_row: str = "error"
     sequence_length: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"inputs": 128, "targets": 8}
     )

@@ -111,3 +111,23 @@ def test_incompatible_checkpoint_stops_and_leaves_model_dir_intact(tmp_path, cap
     err = capsys.readouterr().err
     assert "incompatible" in err and "d_model: checkpoint=64 run=32" in err
     assert _tree(model_dir) == before
+
+
+def test_on_bad_row_skip_reaches_the_sources_from_gin(tmp_path):
+    """TrainConfig.on_bad_row applies to every source the run names (the string form of a
+    source cannot carry it), and a bad value is named before anything is written."""
+    from mtl_jax import configurables, experiment, gin_config
+    from mtl_jax.data import sources
+
+    data = tmp_path / "ctk"
+    data.mkdir()
+    gin_config.parse(["demo_mt5.gin"], [f"TrainConfig.sources={{'ctkfacts_nli': '{data}'}}",
+                                        "TrainConfig.on_bad_row=skip"])
+    experiment.configure_sources(configurables.train_config())
+    try:
+        assert sources.get_source("ctkfacts_nli").on_bad_row == "skip"
+    finally:
+        sources.reset_sources()
+    code = train_cli.main(_args(tmp_path / "run", "TrainConfig.on_bad_row=ignore"))
+    assert code == train_cli.EXIT_CONFIG
+    assert not (tmp_path / "run").exists()
