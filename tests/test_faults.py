@@ -241,6 +241,7 @@ def test_infinite_learning_rate_stops_with_the_last_good_checkpoint_as_latest(ba
     assert all(r["learning_rate"] == "inf" for r in train[4:])
 
 
+@pytest.mark.slow  # ~50 s: keeps the default stage within its budget
 @pytest.mark.parametrize("fault", ["disk full", "unwritable folder"])
 def test_failed_checkpoint_save_exits_4_and_older_checkpoints_restore(base_run, tmp_path, fault):
     run = _copy(base_run, tmp_path)
@@ -294,6 +295,7 @@ def test_corrupt_latest_checkpoint_and_torn_metrics_line_are_repaired_on_resume(
     assert [r["step"] for r in runs.records(run, "train")] == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_all_checkpoints_unreadable_stops_instead_of_starting_over(base_run, tmp_path):
     run = _copy(base_run, tmp_path)
     ckpt = run / "checkpoints"

@@ -136,6 +136,7 @@ def test_sigkill_of_one_process_then_preemption_then_resume_is_exact(reference, 
     assert runs.records(reference["two"], "eval") == runs.records(run, "eval")
 
 
+@pytest.mark.slow  # ~1 min; the default stage keeps the equality and the kill/preemption tests
 def test_checkpoints_move_between_process_counts_and_meshes(reference, tmp_path):
     # Evaluate the 2-process checkpoint in 1 process on another mesh, and the 1-process
     # checkpoint in 2 processes: the tables equal the training runs' own evaluations at step 8.

@@ -308,6 +308,7 @@ def test_r4f_heads_end_with_spectral_norm_one_and_training_matches_evaluation():
     np.testing.assert_allclose(via_step, direct, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # ~70 s: two CLI runs
 def test_r4f_metrics_logged_at_the_best_step_equal_evaluate_of_the_best_checkpoint(tmp_path):
     """The thesis saw evaluation during training disagree with evaluation after reloading the
     best checkpoint; here the train CLI's logged metrics at the best step and the evaluate CLI's
