@@ -342,3 +342,43 @@ def test_r4f_metrics_logged_at_the_best_step_equal_evaluate_of_the_best_checkpoi
     report = json.loads((tmp_path / "eval" / f"eval_validation_step{best}.json").read_text())
     reloaded = {(task, lang): v for task, row in report["scores"].items() for lang, v in row.items()}
     assert logged and reloaded == pytest.approx(logged, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["loss_scaling", "lora", "r4f", "pcgrad+r3f+scaling"])
+def test_micro_batches_stay_exact_with_each_method(method):
+    """1 vs 4 micro-batches (dropout off) give the same update with each method switched on
+    (R3F alone and PCGrad alone are covered above and in test_pcgrad.py)."""
+    import dataclasses
+
+    from mtl_jax.models.lora import LoRAConfig
+    from mtl_jax.training.pcgrad import PCGrad
+
+    cfg = _xlmr().config
+    scaled = obj.ClassificationObjective(num_tasks=3, num_labels=(3, 2, 1),
+                                         loss_scaling="log_classes")
+    objective, combiner, partition = scaled, None, None
+    if method == "lora":
+        cfg = dataclasses.replace(cfg, lora=LoRAConfig(rank=4, alpha=8.0))
+        partition = opt.make_partition(train=["heads"], lora=True)
+    elif method == "r4f":
+        cfg = dataclasses.replace(cfg, head_spectral_norm=True)
+        objective = obj.R3FObjective(scaled, sigma=1e-2, lam=0.5)
+    elif method.startswith("pcgrad"):
+        objective, combiner = obj.R3FObjective(scaled, sigma=1e-2, lam=0.5), PCGrad()
+    optimizer = opt.Optimizer(optax.sgd(1.0), lambda step: jnp.float32(1.0), partition)
+    mesh = part.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    rules = part.rules_by_name("fsdp")
+    results = []
+    for micro in (1, 4):
+        graphdef, state, shardings = ts.create_train_state(
+            lambda: XLMRMultiTask(cfg, rngs=nnx.Rngs(0)), optimizer, mesh, rules, 0)
+        bs = part.batch_sharding(mesh, rules)
+        step = st.make_train_step(graphdef, objective, optimizer, mesh, shardings, bs,
+                                  micro_batches=micro, rules=rules, deterministic=True,
+                                  combiner=combiner)
+        state, metrics = step(state, part.global_batch(_cls_batch(b=8), mesh, bs))
+        results.append((jax.device_get(metrics), jax.device_get((state.params, state.rest))))
+    (m1, s1), (m4, s4) = results
+    assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s4), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
