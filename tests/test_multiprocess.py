@@ -120,7 +120,8 @@ def test_sigkill_of_one_process_then_preemption_then_resume_is_exact(reference, 
     for i in (0, 1):
         Path(f"{run.parent / run.name}.p{i}.log").write_text("")
     procs = _train_pair(run)
-    runs.wait_for(lambda: runs.logged_step(run) >= 4, procs, 600, "step 4")
+    runs.wait_for(lambda: "resumed from checkpoint" in _log(run, 0) and runs.logged_step(run) >= 3,
+                  procs, 600, "step 3 of the resumed run")
     procs[1].send_signal(signal.SIGTERM)
     assert runs.wait_all(procs, 300) == [0, 0]
     preempted = [int(line.split("saves step ")[1].split()[0]) for i in (0, 1)
