@@ -23,7 +23,7 @@ from flax import nnx
 from mtl_jax import features as F
 from mtl_jax.data import eval_sets, mixtures, tasks
 from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
-from mtl_jax.data.iterator import sharded_mixture_iterator
+from mtl_jax.data.iterator import shard_blocks, sharded_mixture_iterator
 from mtl_jax.evaluation import tables
 from mtl_jax.evaluation.plots import eval_record
 from mtl_jax.models import hf_io
@@ -318,17 +318,9 @@ class Experiment:
         )
 
     def train_batches(self) -> Any:
-        shards = self.cfg.data_shards or jax.process_count()
-        batch = self.cfg.batch_size
-        start, stop = part.local_rows(self.batch_sharding, batch)
-        if shards < 1 or batch % shards or start % (batch // shards) or stop % (batch // shards):
-            raise ConfigError(
-                f"TrainConfig.data_shards={shards}: each global batch of {batch} rows is built from "
-                f"{shards} equal blocks, and this process ({jax.process_index()} of "
-                f"{jax.process_count()}) holds rows [{start}, {stop}); use a divisor of "
-                "TrainConfig.batch_size that is a multiple of the number of processes")
+        shards, rows = data_shards(self.cfg, self.batch_sharding)
         return sharded_mixture_iterator(
-            self.cfg.mixture, self.cfg.sequence_length, batch, (start, stop), shards,
+            self.cfg.mixture, self.cfg.sequence_length, self.cfg.batch_size, rows, shards,
             converter(self.cfg, self.layout, self.vocab), self.cfg.seed,
             batch_mode=self.cfg.batch_mode,
         )
@@ -338,6 +330,18 @@ class Experiment:
 
     def evaluator(self, split: str | None = None) -> Callable[[TrainState, int], EvalOutcome]:
         return Evaluator(self, split or self.cfg.eval_split)
+
+
+def data_shards(cfg: TrainConfig, batch_sharding: Any) -> tuple[int, tuple[int, int]]:
+    """(number of data shards, this process's rows of a global batch), checked."""
+    shards = cfg.data_shards or jax.process_count()
+    rows = part.local_rows(batch_sharding, cfg.batch_size)
+    try:
+        shard_blocks(cfg.batch_size, rows, shards)
+    except ValueError as e:
+        raise ConfigError(f"TrainConfig.data_shards={shards} (process {jax.process_index()} of "
+                          f"{jax.process_count()}): {e}") from e
+    return shards, rows
 
 
 def build(cfg: TrainConfig) -> Experiment:
@@ -369,8 +373,10 @@ def build(cfg: TrainConfig) -> Experiment:
     graphdef, abstract, shardings = train_state_shardings(
         model_factory(cfg.family, config, cfg.seed), optimizer, mesh, rules
     )
+    batch_sharding = part.batch_sharding(mesh, rules)
+    data_shards(cfg, batch_sharding)  # fail before anything of the run is written
     return Experiment(cfg, layout, vocab, config, mesh, rules, optimizer, graphdef, abstract,
-                      shardings, part.batch_sharding(mesh, rules))
+                      shardings, batch_sharding)
 
 
 def _jsonable(value: Any) -> Any:

@@ -79,3 +79,11 @@ def test_train_cli_names_a_bad_launch_before_touching_anything(tmp_path, capsys)
     assert code == train_cli.EXIT_CONFIG
     assert "missing: coordinator address, process id" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_data_shards_that_do_not_split_the_batch_stop_before_anything_is_written(tmp_path, capsys):
+    code = train_cli.main(["--gin_file=demo_mt5.gin", "--gin_param=TrainConfig.data_shards=3",
+                           f"--gin_param=TrainConfig.model_dir={tmp_path / 'run'}"])
+    assert code == train_cli.EXIT_CONFIG
+    assert "TrainConfig.data_shards=3" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -519,6 +519,23 @@ class ShardedBatches:
             it.set_state(saved[k])
 
 
+def shard_blocks(batch_size: int, rows: tuple[int, int], num_shards: int) -> range:
+    """The data shards whose blocks make rows ``[start, stop)`` of a global batch; ValueError
+    when the batch does not split into whole blocks for this process."""
+    start, stop = rows
+    if num_shards < 1 or batch_size % num_shards:
+        raise ValueError(
+            f"the global batch size {batch_size} must be divisible by the number of data shards "
+            f"({num_shards})")
+    per_shard = batch_size // num_shards
+    if start % per_shard or stop % per_shard:
+        raise ValueError(
+            f"this process holds rows [{start}, {stop}) of each batch of {batch_size}; with "
+            f"{num_shards} data shards of {per_shard} rows a process must hold whole shards: use a "
+            "number of data shards that is a multiple of the number of processes")
+    return range(start // per_shard, stop // per_shard)
+
+
 def sharded_mixture_iterator(
     mixture_name: str,
     sequence_length: Mapping[str, int],
@@ -531,21 +548,12 @@ def sharded_mixture_iterator(
 ) -> ShardedBatches:
     """The training batches of a mixture: rows ``[start, stop)`` of each global batch of
     ``batch_size``, built from data shards of ``batch_size / num_shards`` rows each."""
-    if num_shards < 1 or batch_size % num_shards:
-        raise ValueError(
-            f"the global batch size {batch_size} must be divisible by the number of data shards "
-            f"({num_shards})")
+    blocks = shard_blocks(batch_size, rows, num_shards)
     per_shard = batch_size // num_shards
-    start, stop = rows
-    if start % per_shard or stop % per_shard:
-        raise ValueError(
-            f"this process holds rows [{start}, {stop}) of each batch of {batch_size}; with "
-            f"{num_shards} data shards of {per_shard} rows a process must hold whole shards: use a "
-            "number of data shards that is a multiple of the number of processes")
     shards = {
         k: mixture_iterator(mixture_name, "train", sequence_length, per_shard, converter, seed,
                             shard_info=seqio.ShardInfo(index=k, num_shards=num_shards),
                             batch_mode=batch_mode)
-        for k in range(start // per_shard, stop // per_shard)
+        for k in blocks
     }
     return ShardedBatches(shards, num_shards)
