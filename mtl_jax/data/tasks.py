@@ -111,7 +111,8 @@ class TaskInfo:
     fields: tuple[str, ...] = ()  # t2t input fields in order
     text_fields: tuple[str, ...] = ()
     pair_fields: tuple[str, ...] = ()
-    kind: Literal["classification", "span_corruption"] = "classification"
+    kind: Literal["classification", "regression", "span_corruption"] = "classification"
+    group_field: str | None = None  # per-example group id for ranking metrics (WPR: "query_id")
 
     @property
     def num_classes(self) -> int:
