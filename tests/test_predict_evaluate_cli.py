@@ -21,6 +21,8 @@ from mtl_jax import predict as predict_cli
 from mtl_jax import train as train_cli
 from mtl_jax.data import formats
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 TINY_XLMR = ["TrainConfig.mixture=xglue_cls", "XLMRConfig.hidden_size=32",
              "XLMRConfig.num_hidden_layers=1", "XLMRConfig.intermediate_size=64",
              "TrainConfig.sequence_length={'inputs': 32}"]
