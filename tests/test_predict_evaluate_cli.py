@@ -220,3 +220,45 @@ def test_predict_mt5_rank_and_greedy_match_the_evaluator(t5_run, tmp_path):
     preds = _predictions(out)
     assert [p["text"] for p in preds] == greedy.texts
     assert [p["prediction"] for p in preds] == [t if t in names else None for t in greedy.texts]
+
+
+# --------------------------------------------------------------------------- convert's tokenizer
+
+
+@pytest.mark.parametrize("family", ["xlmr", "t5"])
+def test_jax_to_hf_export_ships_the_runs_tokenizer(family, xlmr_run, t5_run, tmp_path):
+    import os
+
+    import transformers
+
+    from mtl_jax.convert import main as convert_main
+    from mtl_jax.data import vocab as vocab_lib
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    run = xlmr_run if family == "xlmr" else t5_run
+    dst = tmp_path / "export"
+    assert convert_main(["jax-to-hf", str(run), str(dst)]) == 0
+    ours = (vocab_lib.load_vocabulary("xlmr", vocab_lib.DEMO_XLMR_SPM) if family == "xlmr"
+            else vocab_lib.load_vocabulary("mt5", vocab_lib.DEMO_T5_SPM))
+    text = "Praha je hlavní město. The cat sat on the mat."
+    ids = list(ours.encode(text))
+    want = [0, *ids, 2] if family == "xlmr" else [*ids, 1]  # <s> a </s> / a </s>
+    spm = "sentencepiece.bpe.model" if family == "xlmr" else "spiece.model"
+    dirs = [dst] + ([dst / "encoder", *[p for p in dst.iterdir() if (p / "config.json").is_file()]]
+                    if family == "xlmr" else [])
+    for d in dirs:
+        assert (d / spm).is_file() and (d / "tokenizer_config.json").is_file(), d
+        tokenizer = transformers.AutoTokenizer.from_pretrained(d)
+        assert tokenizer(text)["input_ids"] == want, d
+        assert len(tokenizer) == ours.vocab_size
+
+
+def test_vocabulary_file_of_a_pretrained_run_is_the_checkpoints(tmp_path):
+    from mtl_jax.experiment import vocabulary_file
+    from mtl_jax.run_config import TrainConfig
+
+    assert vocabulary_file(TrainConfig(family="t5", pretrained=str(tmp_path))) == tmp_path / "spiece.model"
+    assert (vocabulary_file(TrainConfig(family="xlmr", pretrained=str(tmp_path)))
+            == tmp_path / "sentencepiece.bpe.model")
+    assert vocabulary_file(TrainConfig(family="xlmr", vocabulary=str(tmp_path / "v.model"),
+                                       pretrained=str(tmp_path))) == tmp_path / "v.model"
