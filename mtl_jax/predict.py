@@ -6,7 +6,8 @@ the task's input fields (e.g. XNLI: ``premise``, ``hypothesis``; other column na
 record per input row, in order: ``{"index": i, "prediction": label, "scores": {label: value}}``
 (probabilities for XLM-R heads, log-likelihoods for mT5 rank classification), with ``--greedy``
 mT5's generated ``"text"``; regression tasks predict a number. Only the checkpoint's parameters
-are read, and no dataset file is needed. See docs/evaluation.md.
+are read, and no dataset file is needed. In a multi-process launch every process runs the model
+and process 0 writes the output. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gin_param", action="append", default=[])
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--log_level", default="WARNING")
+    from mtl_jax import distributed
+
+    distributed.add_flags(p)
     return p.parse_args(argv)
 
 
@@ -97,7 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     from mtl_jax.cli_logging import setup_logging
 
     setup_logging(args.log_level)
+    from mtl_jax import distributed
+
+    try:
+        distributed.initialize(distributed.launch_from(args))
+    except distributed.DistributedConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     import dataclasses
+
+    import jax
 
     from mtl_jax import experiment, gin_config
     from mtl_jax.data import inference, tasks
@@ -132,13 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     bar = None
-    if args.progress:
+    if args.progress and jax.process_index() == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=len(examples), desc=f"predict {name}", unit="ex", file=sys.stderr)
     records = predictor.predict(info, examples, progress=bar.update if bar else None)
     if bar is not None:
         bar.close()
+    if jax.process_index() != 0:  # every process ran the model; process 0 writes
+        return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_name(args.output.name + ".partial")
     with tmp.open("w", encoding="utf-8") as f:
