@@ -187,10 +187,12 @@ def pretrained_model(family: str, config: Any, directory: str, seed: int = 0) ->
     return model
 
 
-def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Sequence[str] = ()):
+def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Sequence[str] = (),
+              pack: bool | None = None):
+    """The family's feature converter; ``pack=False`` for evaluation (one example per row)."""
     if get_family(cfg.family).encoder_decoder:
-        return EncDecConverter(layout.heads, pack=cfg.pack and not passthrough,
-                               passthrough=tuple(passthrough))
+        pack = cfg.pack and not passthrough if pack is None else pack
+        return EncDecConverter(layout.heads, pack=pack, passthrough=tuple(passthrough))
     return ClassificationConverter(
         layout.heads, bos_id=0, pad_id=vocab.pad_id, eos_id=vocab.eos_id,
         passthrough=tuple(passthrough),
@@ -403,7 +405,7 @@ class RunInputs:
 
     def batches(self, info: Any, examples: Sequence[Any], batch_size: int,
                 rows: tuple[int, int]) -> Any:
-        conv = converter(self.exp.cfg, self.exp.layout, self.exp.vocab)
+        conv = converter(self.exp.cfg, self.exp.layout, self.exp.vocab, pack=False)
         return eval_sets.eval_batches(examples, conv, self.exp.cfg.sequence_length, batch_size, rows)
 
     def candidates(self, info: Any) -> np.ndarray:

@@ -182,12 +182,22 @@ def t5():
     return runner, state, model, conv, exs
 
 
-def _log_likelihood(model, enc: np.ndarray, target: np.ndarray) -> float:
-    """sum_t log p(target_t | enc, target_<t), straight from the model's logits."""
-    dec_in = np.concatenate([[0], target[:-1]])[None]
-    logits = np.asarray(model(jnp.asarray(enc[None]), jnp.asarray(dec_in)), np.float64)[0]
-    logp = log_softmax(logits, axis=-1)
-    return float(sum(logp[t, tok] for t, tok in enumerate(target)))
+def _padded(rows: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _log_likelihoods(model, encs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> np.ndarray:
+    """sum_t log p(target_t | enc, target_<t) per (enc, target) pair, straight from the model's
+    logits in one plain forward pass (0-padded rows; padding positions are not summed)."""
+    tgt = _padded(targets)
+    dec_in = np.concatenate([np.zeros((len(tgt), 1), np.int32), tgt[:, :-1]], axis=1)
+    logp = log_softmax(np.asarray(model(jnp.asarray(_padded(encs)), jnp.asarray(dec_in)),
+                                  np.float64), axis=-1)
+    picked = np.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+    return np.where(tgt > 0, picked, 0.0).sum(-1)
 
 
 def test_rank_classification_scores_trimmed_candidates_like_the_model(t5):
@@ -199,8 +209,8 @@ def test_rank_classification_scores_trimmed_candidates_like_the_model(t5):
     assert _trim_columns(cands).shape == (3, 3)
     inputs = FakeInputs(conv, exs, cands)
     out = runner.run(state.params, state.rest, info, exs, inputs, "rank")
-    ref = np.array([[_log_likelihood(model, e["inputs"], np.trim_zeros(c, "b")) for c in cands]
-                    for e in exs])
+    pairs = [(e["inputs"], np.trim_zeros(c, "b")) for e in exs for c in cands]
+    ref = _log_likelihoods(model, [p[0] for p in pairs], [p[1] for p in pairs]).reshape(N, 3)
     np.testing.assert_allclose(out.scores, ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(out.predicted, ref.argmax(-1))
     records = Predictor(runner, inputs, state.params, state.rest).predict(info, exs)
@@ -208,15 +218,18 @@ def test_rank_classification_scores_trimmed_candidates_like_the_model(t5):
                                rtol=1e-4, atol=1e-4)
 
 
-def _greedy_reference(model, enc: np.ndarray, length: int) -> list[int]:
-    """Argmax decoding by re-running the whole decoder on the prefix (no cache)."""
-    tokens = [0]
+def _greedy_reference(model, encs: Sequence[np.ndarray], length: int) -> list[list[int]]:
+    """Argmax decoding by re-running the whole decoder on the prefix (no cache), all rows at
+    once; each row is cut after its first EOS."""
+    enc = jnp.asarray(_padded(encs))
+    tokens = np.zeros((len(encs), 1), np.int32)
     for _ in range(length):
-        logits = np.asarray(model(jnp.asarray(enc[None]), jnp.asarray([tokens])))[0, -1]
-        tokens.append(int(logits.argmax()))
-        if tokens[-1] == 1:
-            break
-    return tokens[1:]
+        logits = np.asarray(model(enc, jnp.asarray(tokens)))[:, -1]
+        tokens = np.concatenate([tokens, logits.argmax(-1)[:, None].astype(np.int32)], axis=1)
+    out = []
+    for row in tokens[:, 1:].tolist():
+        out.append(row[: row.index(1) + 1] if 1 in row else row)
+    return out
 
 
 def test_greedy_path_decodes_like_the_model_and_parses_regression_text(t5):
@@ -224,7 +237,8 @@ def test_greedy_path_decodes_like_the_model_and_parses_regression_text(t5):
     inputs = FakeInputs(conv, exs)
     info = tasks.task_info("xnli_t2t_de")
     out = runner.run(state.params, state.rest, info, exs, inputs, "greedy")
-    want = [inputs.decode(_greedy_reference(model, e["inputs"], 6)) for e in exs]
+    generated = _greedy_reference(model, [e["inputs"] for e in exs], 6)
+    want = [inputs.decode(g) for g in generated]
     assert out.texts == want
     assert list(out.predicted) == [-1] * N  # random models generate no label name
     # Regression text-to-text: the generated text parsed as a number, unparsable -> -1.0.
@@ -237,6 +251,24 @@ def test_greedy_path_decodes_like_the_model_and_parses_regression_text(t5):
             return f"{first / 10:.1f}" if first % 2 == 0 else "not a number"
 
     out = runner.run(state.params, state.rest, reg, exs, NumberInputs(conv, exs), "greedy")
-    firsts = [_greedy_reference(model, e["inputs"], 6)[0] for e in exs]
+    firsts = [g[0] for g in generated]
     np.testing.assert_allclose(out.predicted, [f / 10 if f % 2 == 0 else -1.0 for f in firsts],
                                atol=1e-9)
+
+
+def test_eval_batches_of_a_packing_run_hold_one_example_per_row(tmp_path):
+    from mtl_jax import experiment
+    from mtl_jax.run_config import TrainConfig
+
+    cfg = TrainConfig(model_dir=str(tmp_path), family="t5", model_config=T5, pack=True,
+                      mixture="ctkfacts_t2t", sequence_length={"inputs": 64, "targets": 8},
+                      batch_size=8, max_eval_examples=5)
+    exp = experiment.build(cfg, training=False)
+    info = tasks.task_info("ctkfacts_nli_t2t_cs")
+    inputs = exp.inputs()
+    exs = inputs.examples(info, "validation")
+    (batch,) = list(inputs.batches(info, exs, 8, (0, 8)))
+    real = (np.asarray(batch["encoder_input_tokens"]) > 0).any(-1)
+    assert real.tolist() == [True] * 5 + [False] * 3 == (batch[VALID] > 0).tolist()
+    for row, ex in zip(batch["encoder_input_tokens"][:5], exs, strict=True):
+        np.testing.assert_array_equal(np.trim_zeros(row, "b"), ex["inputs"])
