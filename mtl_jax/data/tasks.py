@@ -27,7 +27,6 @@ import seqio
 import tensorflow as tf
 
 from mtl_jax.data import formats, preprocessors, sources
-from mtl_jax.evaluation import metrics as metrics_lib
 
 TaskFormat = Literal["t2t", "cls"]
 FORMATS: tuple[TaskFormat, ...] = ("t2t", "cls")
@@ -126,19 +125,6 @@ class TaskInfo:
             return self.label_names.index(value) if value in self.label_names else -1
         return int(value)
 
-    def compute_metrics(self, labels, predictions, *, groups=None) -> dict[str, float]:
-        """The task's declared metrics; labels/predictions as ids or names (unknown names: wrong)."""
-        gold = [self.label_id(v) for v in labels]
-        pred = [self.label_id(v) for v in predictions]
-        classes = list(range(self.num_classes))
-        return metrics_lib.compute_metrics(
-            self.metrics,
-            gold,
-            pred,
-            groups=groups,
-            metric_kwargs={"macro_f1": {"classes": classes}, "micro_f1": {"classes": classes}},
-        )
-
 
 _TASK_INFOS: dict[str, TaskInfo] = {}
 
@@ -165,6 +151,7 @@ def _build_task_infos() -> dict[str, TaskInfo]:
             language=language, languages=languages, splits=splits, head=spec.head,
             label_names=spec.label_names, metrics=spec.metrics, prefix=spec.prefix,
             fields=spec.field_names, text_fields=spec.text_fields, pair_fields=spec.pair_fields,
+            group_field="query_id" if spec.source == "wpr" else None,
         )  # fmt: skip
 
     for spec in DATASET_SPECS.values():
@@ -472,38 +459,6 @@ class RecordsSource(seqio.DataSource):
         return ds
 
 
-# --------------------------------------------------------------------------- metrics (t2t)
-
-
-def _t2t_postprocess(info: TaskInfo) -> Callable:
-    def postprocess(output, example=None, is_target=False):
-        text = output.decode("utf-8") if isinstance(output, bytes) else str(output)
-        if (
-            is_target
-            and info.metrics
-            and metrics_lib.is_ranking_metric(info.metrics[0])
-            and example is not None
-        ):
-            return {"label": text, "query_id": int(example["query_id"])}
-        return text
-
-    return postprocess
-
-
-def _t2t_metric_fn(info: TaskInfo) -> Callable:
-    ranking = any(metrics_lib.is_ranking_metric(m) for m in info.metrics)
-
-    def metric_fn(targets: Sequence, predictions: Sequence) -> dict[str, float]:
-        if ranking:
-            labels = [t["label"] for t in targets]
-            groups = [t["query_id"] for t in targets]
-            return info.compute_metrics(labels, predictions, groups=groups)
-        return info.compute_metrics(targets, predictions)
-
-    metric_fn.__name__ = f"{info.dataset}_metrics"
-    return metric_fn
-
-
 # --------------------------------------------------------------------------- registration
 
 
@@ -540,14 +495,12 @@ def _preprocessors(info: TaskInfo) -> list[Callable]:
 
 
 def _make_task(info: TaskInfo) -> seqio.Task:
-    t2t_classification = info.format == "t2t" and info.kind == "classification"
+    # Scoring lives in mtl_jax.evaluation (score_task), which the data layer does not import.
     return seqio.Task(
         info.name,
         source=RecordsSource(info.name, info.splits),
         output_features=output_features(info),
         preprocessors=_preprocessors(info),
-        postprocess_fn=_t2t_postprocess(info) if t2t_classification else None,
-        metric_fns=[_t2t_metric_fn(info)] if t2t_classification else [],
     )
 
 
