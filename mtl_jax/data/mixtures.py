@@ -40,6 +40,7 @@ import seqio
 
 from mtl_jax.data import rates as rate_rules
 from mtl_jax.data import sources, tasks
+from mtl_jax.data import tasks as tasks_lib
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,12 @@ def register_mixture(
     return mixture
 
 
+def remove_mixture(name: str) -> None:
+    """Forget a registered mixture (tests; re-registering a name replaces it anyway)."""
+    _SPECS.pop(name, None)
+    seqio.MixtureRegistry.remove(name)
+
+
 def mixture_names() -> list[str]:
     """Mixtures registered through this module, in registration order."""
     return list(_SPECS)
@@ -230,6 +237,46 @@ def mixture_info(name: str, split: str = TRAIN_SPLIT) -> MixtureInfo:
         evaluation_tasks=spec.evaluation_tasks,
         description=spec.description,
     )
+
+
+def declare_mixture(
+    name: str,
+    tasks: Sequence[str],
+    rule: str = "examples_proportional",
+    *,
+    evaluation_tasks: Sequence[str] | None = None,
+    description: str = "",
+    **rule_kwargs: Any,
+) -> str:
+    """Register a mixture from task AND mixture names (what a gin ``TrainConfig.mixtures`` entry
+    holds): a named mixture contributes its tasks (fixed shares included, as rule-weighted members)
+    and its evaluation tasks. Evaluation tasks default to those of the named mixtures plus every
+    per-language validation task of the named tasks' datasets. Returns ``name``."""
+    from mtl_jax.data import registry
+
+    members: list[str] = []
+    evaluation: list[str] = []
+    datasets: dict[str, list[str]] = {}
+    for item in tasks:
+        if item in _SPECS:
+            members += _SPECS[item].tasks
+            evaluation += _SPECS[item].evaluation_tasks
+            continue
+        try:
+            info = tasks_lib.task_info(item)
+        except KeyError:
+            raise KeyError(f"mixture {name!r}: {item!r} is neither a task nor a mixture (see "
+                           "python -m mtl_jax.inspect --list)") from None
+        members.append(item)
+        mix = registry.find_mix_task(info.dataset) if info.language == tasks_lib.MIX_LANGUAGE else None
+        datasets.setdefault(info.format, []).append(mix.name if mix else info.dataset)
+    if evaluation_tasks is None:
+        for fmt, names in datasets.items():
+            evaluation += _evaluation_tasks(names, fmt)
+        evaluation_tasks = list(dict.fromkeys(evaluation))
+    register_mixture(name, list(dict.fromkeys(members)), rule,
+                     evaluation_tasks=evaluation_tasks, description=description, **rule_kwargs)
+    return name
 
 
 # --- reading examples (for inspection) -----------------------------------------------------

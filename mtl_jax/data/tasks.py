@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from mtl_jax import labels as labels_lib
 from mtl_jax.data import preprocessors, registry, sources
+from mtl_jax.data.converters import SCORE_FEATURE
 from mtl_jax.evaluation import metrics as metrics_lib
 
 TaskFormat = Literal["t2t", "cls"]
@@ -283,7 +284,7 @@ def output_features(info: TaskInfo) -> dict[str, seqio.Feature]:
 # --------------------------------------------------------------------------- source examples
 
 
-SCORE = "score"  # float32 regression target of a regression example (both formats)
+SCORE = SCORE_FEATURE  # float32 regression target of a regression example (both formats)
 TARGET_TEXT = "target_text"  # t2t target of a regression example: the score on T5's 0.2 grid
 
 
@@ -311,7 +312,9 @@ def _classification_example(
         example[SCORE] = float(label)
         example[TARGET_TEXT] = labels_lib.regression_target_text(float(label))
     else:
-        if spec.label_map is not None:
+        if spec.read_from is not None and spec.label_map is not None:
+            # Records of another dataset carry its label names: rename them (ctkfacts_xnli).
+            # A dataset's own reader has renamed its labels already.
             label = spec.label_map[label]
         example["label"] = int(label) if isinstance(label, int) else spec.label_names.index(label)
     if spec.group_field is not None:
