@@ -30,16 +30,7 @@ LABELS = ["negative", "positive"]
 LABEL_MAP = {"neg": "negative", "pos": "positive"}
 
 
-@pytest.fixture(autouse=True)
-def _clean_registry():
-    before_datasets = set(registry.dataset_names())
-    before_mixtures = set(mixtures.mixture_names())
-    yield
-    for name in set(registry.dataset_names()) - before_datasets:
-        registry.unregister_dataset(name)
-    for name in set(mixtures.mixture_names()) - before_mixtures:
-        mixtures.remove_mixture(name)
-    sources.reset_sources()
+pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 def _write_csv(path: Path, header, rows, delimiter=",") -> Path:

@@ -1,0 +1,105 @@
+"""The acceptance scenario: a user's CSV dataset, declared once in a gin file, mixed with a
+built-in task, trained with the demo XLM-R (tiny), and reported in the task x language table."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from mtl_jax import inspect as inspect_cli
+from mtl_jax import train as train_cli
+
+pytestmark = pytest.mark.usefixtures("clean_registry", "fast_compiles")
+
+TINY_XLMR = [
+    "XLMRConfig.hidden_size=32", "XLMRConfig.num_hidden_layers=1",
+    "XLMRConfig.num_attention_heads=2", "XLMRConfig.intermediate_size=64",
+    "TrainConfig.num_steps=4", "TrainConfig.eval_every=4", "TrainConfig.batch_size=8",
+    "TrainConfig.eval_batch_size=16", "TrainConfig.max_eval_examples=16",
+    "TrainConfig.sequence_length={'inputs': 32}", "TrainConfig.progress=False",
+    "TrainConfig.optimizer={'name': 'adamw', 'learning_rate': 0.001}",
+]  # fmt: skip
+
+POSITIVE = ["A wonderful film.", "Great acting.", "I loved it.", "Moving and funny."]
+NEGATIVE = ["Dull and long.", "The plot is a mess.", "I walked out.", "Badly acted."]
+
+
+def _write(path: Path, rows) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "Review Text", "Stars"])
+        w.writerows((i, t, s) for i, (t, s) in enumerate(rows))
+
+
+def _dataset(tmp_path: Path, dev_rows=None) -> Path:
+    rows = [(t, "pos") for t in POSITIVE] + [(t, "neg") for t in NEGATIVE]
+    _write(tmp_path / "train.csv", rows * 2)
+    _write(tmp_path / "dev.csv", dev_rows or rows)
+    gin = tmp_path / "reviews.gin"
+    gin.write_text(f"""
+TrainConfig.datasets = [{{
+    'name': 'reviews',
+    'format': 'csv',
+    'data_dir': '{tmp_path}',
+    'files': {{'train': 'train.csv', 'validation': 'dev.csv'}},
+    'columns': {{'review': 'Review Text', 'stars': 'Stars'}},
+    'text': 'review',
+    'label': 'stars',
+    'label_names': ['negative', 'positive'],
+    'label_map': {{'neg': 'negative', 'pos': 'positive'}},
+    'metrics': ['accuracy', 'macro_f1'],
+}}]
+TrainConfig.mixtures = [{{
+    'name': 'reviews_demo',
+    'tasks': ['reviews_cls_en', 'pawsx_cls_en'],
+    'rule': 'equal',
+}}]
+TrainConfig.mixture = 'reviews_demo'
+""")
+    return gin
+
+
+def _args(gin: Path, model_dir: Path) -> list[str]:
+    params = [*TINY_XLMR, f"TrainConfig.model_dir={model_dir}"]
+    return ["--gin_file=demo_xlmr.gin", f"--gin_file={gin}",
+            *[f"--gin_param={p}" for p in params]]
+
+
+def test_own_csv_dataset_trains_with_a_builtin_task_and_is_reported(tmp_path, capsys):
+    gin = _dataset(tmp_path)
+    run = tmp_path / "run"
+    assert train_cli.main(_args(gin, run)) == 0
+    report = json.loads((run / "results.json").read_text())
+    assert "reviews" in report["tasks"] and "pawsx" in report["tasks"]
+    assert set(report["metrics"]["reviews"]["en"]) == {"accuracy", "macro_f1"}
+    assert 0.0 <= report["scores"]["reviews"]["en"] <= 1.0
+    assert "reviews" in (run / "results.md").read_text()
+    # inspect sees the same declaration from the gin file.
+    capsys.readouterr()
+    assert inspect_cli.main(["--gin_file", str(gin), "--list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    names = {r["name"] for r in rows}
+    assert {"reviews_cls_en", "reviews_t2t_en", "reviews_demo"} <= names
+
+
+def test_bad_label_in_evaluation_file_stops_before_training(tmp_path, capsys):
+    gin = _dataset(tmp_path, dev_rows=[("fine", "pos"), ("meh", "neutral")])
+    run = tmp_path / "run"
+    assert train_cli.main(_args(gin, run)) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'reviews'" in err and f"{tmp_path / 'dev.csv'}, row 3" in err
+    assert "field 'stars'" in err and "'neutral'" in err
+    assert not run.exists()  # nothing of the run was written
+
+
+def test_unknown_metric_in_gin_declaration_is_a_config_error(tmp_path, capsys):
+    gin = _dataset(tmp_path)
+    gin.write_text(gin.read_text().replace("'macro_f1'", "'f1'"))
+    run = tmp_path / "run"
+    assert train_cli.main(_args(gin, run)) == 2
+    err = capsys.readouterr().err
+    assert "TrainConfig.datasets[0] ('reviews')" in err and "metrics" in err and "'f1'" in err
+    assert not run.exists()
