@@ -524,4 +524,4 @@ def test_bundled_samples_are_regenerated_identically_and_small():
     spec.loader.exec_module(make_samples)
     assert make_samples.main(["--check"]) == 0
     total = sum(p.stat().st_size for p in sources.SAMPLES_DIR.rglob("*") if p.is_file())
-    assert total < 5 * 1024 * 1024
+    assert total < 5.5 * 1024 * 1024  # 5 MiB multilingual + GLUE/CS224N
