@@ -6,7 +6,7 @@ Pure Python: the data registry validates declarations against these names withou
 
 from __future__ import annotations
 
-CLASSIFICATION = ("accuracy", "macro_f1", "micro_f1", "mcc")
+CLASSIFICATION = ("accuracy", "macro_f1", "micro_f1", "f1", "mcc")  # f1: binary, class 1
 REGRESSION = ("pearson", "spearman")
 RANKING = ("ndcg",)  # also "ndcg@K"; needs a per-example group id
 ALL = CLASSIFICATION + REGRESSION + RANKING

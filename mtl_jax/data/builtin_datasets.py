@@ -206,3 +206,6 @@ BUILTIN_SPECS: tuple[DatasetSpec, ...] = (
 
 for _spec in BUILTIN_SPECS:
     register_dataset(_spec)
+
+# GLUE and the CS224N sets: plain declared files (no release-specific reader needed).
+from mtl_jax.data import glue_datasets  # noqa: E402, F401

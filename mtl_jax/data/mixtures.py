@@ -17,6 +17,8 @@ Built-in mixtures (``{fmt}`` is ``t2t`` for mT5 or ``cls`` for XLM-R):
 | ``xglue_mix_mc4_t2t`` | ``xglue_mix_t2t`` + the 20 mC4 languages (the thesis's final mT5 setup) | XGLUE part scaled to 99 %; mC4 a fixed 1 % split equally |
 | ``ctkfacts_{fmt}`` | ``ctkfacts_nli_{fmt}_cs`` + ``ctkfacts_xnli_{fmt}_cs`` (both CTKFacts formulations) | equal |
 | ``demo_{fmt}`` | ``xnli_mix_{fmt}`` + the five other XGLUE English train tasks + ``ctkfacts_nli_{fmt}_cs``, on the default (bundled) sources | equal |
+| ``glue_{fmt}`` | the nine GLUE train tasks (``glue_cola`` ... ``glue_wnli``); evaluated also on ``glue_mnli_mm`` | examples-proportional, cap K = 2^17 |
+| ``cs224n_{fmt}`` | ``cs224n_sst``, ``cs224n_quora``, ``cs224n_sts`` | examples-proportional |
 
 Why these defaults: K = 2^17 (131,072) caps XNLI's 392,702 English training pairs to about 1.3x
 the 100k of each XGLUE task, so the largest task cannot dominate (T5 sec. 3.5.2 found
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 FORMATS = ("t2t", "cls")
 XGLUE_DATASETS = ("xnli", "pawsx", "nc", "qadsm", "qam", "wpr")
 CTKFACTS_DATASETS = ("ctkfacts_nli", "ctkfacts_xnli")
+GLUE_DATASETS = ("glue_cola", "glue_sst2", "glue_mrpc", "glue_qqp", "glue_stsb", "glue_mnli",
+                 "glue_qnli", "glue_rte", "glue_wnli")
+CS224N_DATASETS = ("cs224n_sst", "cs224n_quora", "cs224n_sts")
 XGLUE_CAP = 2**17
 MC4_TOTAL_SHARE = 0.05
 MC4_THESIS_SHARE = 0.01  # the thesis's final mT5 setup mixes span corruption at 1 %
@@ -379,7 +384,23 @@ def register_builtin_mixtures() -> list[str]:
             evaluation_tasks=_evaluation_tasks([*XGLUE_DATASETS, "ctkfacts_nli"], fmt),
             description="demo: XGLUE (XNLI_mix) + CTKFacts NLI on the bundled samples (default sources)",
         )
-        names += [f"xglue_{fmt}", f"xglue_mix_{fmt}", f"ctkfacts_{fmt}", f"demo_{fmt}"]
+        register_mixture(
+            f"glue_{fmt}",
+            [f"{ds}_{fmt}_en" for ds in GLUE_DATASETS],
+            "examples_proportional",
+            cap=XGLUE_CAP,
+            evaluation_tasks=_evaluation_tasks([*GLUE_DATASETS, "glue_mnli_mm"], fmt),
+            description="GLUE: nine English tasks (MNLI evaluated on matched and mismatched dev)",
+        )
+        register_mixture(
+            f"cs224n_{fmt}",
+            [f"{ds}_{fmt}_en" for ds in CS224N_DATASETS],
+            "examples_proportional",
+            evaluation_tasks=_evaluation_tasks(CS224N_DATASETS, fmt),
+            description="CS224N multitask: SST-5 sentiment, Quora paraphrase, SemEval STS",
+        )
+        names += [f"xglue_{fmt}", f"xglue_mix_{fmt}", f"ctkfacts_{fmt}", f"demo_{fmt}",
+                  f"glue_{fmt}", f"cs224n_{fmt}"]
     mc4 = sources.SPLIT_LANGUAGES["mc4"]["train"]
     register_mixture(
         "xglue_mc4_t2t",
