@@ -190,7 +190,7 @@ def _count(mixtures: Any, sources: Any, info: Any, split: str) -> int | str:
 
 def _decode_example(mixtures: Any, task: str, info: Any, ex: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("task", "language", info.group_field, "score"):  # score: regression target
+    for key in ("task", "language", info.group_field):
         if key and key in ex:
             out[key] = _to_text(ex[key])
     if info.format == "t2t":
@@ -199,9 +199,11 @@ def _decode_example(mixtures: Any, task: str, info: Any, ex: Mapping[str, Any]) 
     else:
         out["text"] = mixtures.decode_ids(task, "text", ex["text"])
         out["text_pair"] = mixtures.decode_ids(task, "text_pair", ex.get("text_pair", []))
+        if info.kind == "regression":
+            out["score"] = float(_to_text(ex["label"]))
+            return out
         label = int(_to_text(ex["label"]))
-        if info.kind != "regression":
-            out["label"] = label
+        out["label"] = label
         if 0 <= label < len(info.label_names):
             out["label_name"] = info.label_names[label]
     return out

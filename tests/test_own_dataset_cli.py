@@ -79,10 +79,9 @@ def test_own_csv_dataset_trains_with_a_builtin_task_and_is_reported(tmp_path, ca
     assert "reviews" in (run / "results.md").read_text()
     # inspect sees the same declaration from the gin file.
     capsys.readouterr()
-    assert inspect_cli.main(["--gin_file", str(gin), "--list", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    names = {r["name"] for r in rows}
-    assert {"reviews_cls_en", "reviews_t2t_en", "reviews_demo"} <= names
+    assert inspect_cli.main(["--gin_file", str(gin), "reviews_demo", "--json", "-n", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [m["task"] for m in report["members"]] == ["reviews_cls_en", "pawsx_cls_en"]
 
 
 def test_bad_label_in_evaluation_file_stops_before_training(tmp_path, capsys):
@@ -97,11 +96,12 @@ def test_bad_label_in_evaluation_file_stops_before_training(tmp_path, capsys):
 
 def test_unknown_metric_in_gin_declaration_is_a_config_error(tmp_path, capsys):
     gin = _dataset(tmp_path)
-    gin.write_text(gin.read_text().replace("'macro_f1'", "'f1'"))
+    gin.write_text(gin.read_text().replace("'macro_f1'", "'f1_score'"))
     run = tmp_path / "run"
     assert train_cli.main(_args(gin, run)) == 2
     err = capsys.readouterr().err
-    assert "TrainConfig.datasets[0] ('reviews')" in err and "metrics" in err and "'f1'" in err
+    assert "TrainConfig.datasets[0] ('reviews')" in err and "metrics" in err
+    assert "'f1_score'" in err
     assert not run.exists()
 
 
@@ -128,9 +128,9 @@ def test_docs_gin_and_python_examples_declare_what_they_say(tmp_path, capsys, mo
     gin_blocks = [b for b in _blocks() if "TrainConfig.datasets" in b]
     gin = tmp_path / "my_reviews.gin"
     gin.write_text(gin_blocks[0].replace("/data/reviews", str(data)))
-    assert inspect_cli.main(["--gin_file", str(gin), "--list", "--json"]) == 0
-    names = {r["name"] for r in json.loads(capsys.readouterr().out)}
-    assert {"reviews_cls_en", "reviews_t2t_en", "reviews_demo"} <= names
+    assert inspect_cli.main(["--gin_file", str(gin), "reviews_t2t_en", "--json", "-n", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["members"][0]["examples"][0]["targets"] == "positive"
     from mtl_jax.data import mixtures, sources
 
     assert [r["stars"] for r in sources.load_records("reviews", "en", "validation")] == [
@@ -146,7 +146,9 @@ def test_docs_gin_and_python_examples_declare_what_they_say(tmp_path, capsys, mo
     (pkg / "__init__.py").write_text("")
     (pkg / "datasets.py").write_text(_blocks("python")[0].replace("/data/sts", str(sts)))
     monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
-    assert inspect_cli.main(["--dataset_module", "my_pkg.datasets", "--list", "--json"]) == 0
-    names = {r["name"] for r in json.loads(capsys.readouterr().out)}
-    assert {"sts_mine_cls_en", "sts_mine_t2t_en", "sts_and_demo"} <= names
+    assert inspect_cli.main(["--dataset_module", "my_pkg.datasets", "sts_mine_cls_en", "--json",
+                             "-n", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["members"][0]["examples"][0]["score"] == pytest.approx(3.2)
+    assert "sts_and_demo" in mixtures.mixture_names()
     assert [r["score"] for r in sources.load_records("sts_mine", "en", "train")] == [3.2, 0.4]

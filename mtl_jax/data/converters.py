@@ -21,8 +21,7 @@ from mtl_jax import features as F
 
 # The string feature every example carries (data_contract.md): the dataset-level head name.
 TASK_FEATURE = "task"
-# The float target of a regression example (its ``label`` is -1).
-SCORE_FEATURE = "score"
+
 
 
 def task_id_map(heads: Sequence[str]) -> dict[str, int]:
@@ -362,9 +361,9 @@ class ClassificationConverter:
     empty) cut longest-first to ``sequence_length['inputs']``, padded with ``pad_id``;
     ``attention_mask`` 1 on real tokens; ``token_type_ids`` zeros; ``labels``; ``task_id``.
     Special ids default to XLM-R's (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2). Empty rows have
-    attention mask 0, label -1 and task id 0. With ``regression`` (a run with a regression task)
-    the batch also holds ``regression_targets`` (float32): each regression example's ``score``,
-    0 elsewhere.
+    attention mask 0, label -1 and task id 0. A regression example's ``label`` is a float score:
+    with ``regression`` (a run with a regression task) the batch holds ``regression_targets``
+    (float32: those scores, 0 elsewhere) and such rows have ``labels`` -1.
     """
 
     heads: tuple[str, ...]
@@ -440,9 +439,16 @@ class _ClsBuilder:
         r = self._n
         self._ids[r, : len(ids)] = ids
         self._mask[r, : len(ids)] = 1
-        self._labels[r] = int(np.asarray(example["label"]))
-        if self._scores is not None and SCORE_FEATURE in example:
-            self._scores[r] = float(np.asarray(example[SCORE_FEATURE]))
+        label = np.asarray(example["label"])
+        if label.dtype.kind == "f":  # a regression score
+            if self._scores is None:
+                raise ValueError(
+                    f"a regression example (head '{_text(example.get(TASK_FEATURE, '?'))}') in a "
+                    "converter made without regression=True")
+            self._scores[r] = float(label)
+            self._labels[r] = -1
+        else:
+            self._labels[r] = int(label)
         self._task[r] = tid
         for k, v in extras.items():
             self._extra[k][r] = v

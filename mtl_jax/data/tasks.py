@@ -14,8 +14,8 @@ Every example carries ``task`` (the head: ``xnli``, ``pawsx``, ``nc``, ``qadsm``
 (:func:`set_vocabulary`) when a dataset is built, not at registration, so both can be changed
 after import. Every dataset of :mod:`mtl_jax.data.registry` has its tasks made when it is
 registered (the built-ins when this module is imported; a user's dataset whenever
-``register_dataset`` is called). Regression examples carry ``score`` (float32) and
-``target_text`` (the score on T5's 0.2 grid) with ``label`` -1.
+``register_dataset`` is called). A regression example's ``label`` is its score (float32), and it
+carries ``target_text``, the score on T5's 0.2 grid.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import tensorflow as tf
 
 from mtl_jax import labels as labels_lib
 from mtl_jax.data import preprocessors, registry, sources
-from mtl_jax.data.converters import SCORE_FEATURE
 from mtl_jax.evaluation import metrics as metrics_lib
 
 TaskFormat = Literal["t2t", "cls"]
@@ -275,8 +274,9 @@ def output_features(info: TaskInfo) -> dict[str, seqio.Feature]:
     return {
         "text": seqio.Feature(vocab, add_eos=False),
         "text_pair": seqio.Feature(vocab, add_eos=False),
-        "label": seqio.Feature(
-            seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32, rank=0
+        "label": seqio.Feature(  # a class id, or the score of a regression task
+            seqio.PassThroughVocabulary(size=0), add_eos=False,
+            dtype=tf.float32 if info.kind == "regression" else tf.int32, rank=0,
         ),
     }
 
@@ -284,7 +284,6 @@ def output_features(info: TaskInfo) -> dict[str, seqio.Feature]:
 # --------------------------------------------------------------------------- source examples
 
 
-SCORE = SCORE_FEATURE  # float32 regression target of a regression example (both formats)
 TARGET_TEXT = "target_text"  # t2t target of a regression example: the score on T5's 0.2 grid
 
 
@@ -308,8 +307,7 @@ def _classification_example(
         example[name] = _text(record[field])
     label = record[spec.label_field]
     if spec.kind == "regression":
-        example["label"] = -1
-        example[SCORE] = float(label)
+        example["label"] = float(label)  # the score: float32 for regression tasks
         example[TARGET_TEXT] = labels_lib.regression_target_text(float(label))
     else:
         if spec.read_from is not None and spec.label_map is not None:
@@ -330,7 +328,7 @@ def _feature_types(info: TaskInfo) -> dict[str, tf.DType]:
     types.update({name: tf.string for name in info.fields})
     types["label"] = tf.int32
     if info.kind == "regression":
-        types[SCORE] = tf.float32
+        types["label"] = tf.float32
         types[TARGET_TEXT] = tf.string
     if info.group_field is not None:
         types[info.group_field] = tf.int32
