@@ -363,7 +363,8 @@ class ClassificationConverter:
     Special ids default to XLM-R's (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2). Empty rows have
     attention mask 0, label -1 and task id 0. A regression example's ``label`` is a float score:
     with ``regression`` (a run with a regression task) the batch holds ``regression_targets``
-    (float32: those scores, 0 elsewhere) and such rows have ``labels`` -1.
+    (float32: those scores, 0 elsewhere); such rows have ``labels`` -1 (without ``regression``,
+    e.g. when only predicting, the score is not put in the batch).
     """
 
     heads: tuple[str, ...]
@@ -440,12 +441,9 @@ class _ClsBuilder:
         self._ids[r, : len(ids)] = ids
         self._mask[r, : len(ids)] = 1
         label = np.asarray(example["label"])
-        if label.dtype.kind == "f":  # a regression score
-            if self._scores is None:
-                raise ValueError(
-                    f"a regression example (head '{_text(example.get(TASK_FEATURE, '?'))}') in a "
-                    "converter made without regression=True")
-            self._scores[r] = float(label)
+        if label.dtype.kind == "f":  # a regression score: no class id
+            if self._scores is not None:
+                self._scores[r] = float(label)
             self._labels[r] = -1
         else:
             self._labels[r] = int(label)
