@@ -291,3 +291,33 @@ def test_declaration_entries_are_named(tmp_path):
         declarations.apply(datasets=[{**_reviews(tmp_path), "colums": {}}])
     with pytest.raises(declarations.DeclarationError, match="cannot import 'no_such_module_x'"):
         declarations.apply(["no_such_module_x"])
+
+
+def test_regression_scores_reach_the_xlmr_head_mse(tmp_path):
+    """Declared scores -> cls batch -> the 1-output head's squared error, against NumPy."""
+    from flax import nnx
+
+    from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
+    from mtl_jax.training.objectives import ClassificationObjective
+
+    scores = [0.5, 4.0, 2.25, 3.0]
+    _write_csv(tmp_path / "train.csv", ["a", "b", "y"],
+               [(f"first {i}", f"second {i}", s) for i, s in enumerate(scores)])
+    registry.register_dataset(name="sts_tiny", format="csv", data_dir=str(tmp_path),
+                              files={"train": "train.csv"}, text="a", text_pair="b", label="y",
+                              regression=True)
+    examples = list(mixtures.task_examples("sts_tiny_cls_en", "train"))
+    conv = ClassificationConverter(("sts_tiny", "pawsx"), regression=True)
+    batch = conv.convert(examples, {"inputs": 24}, batch_size=6)
+    cfg = XLMRConfig(vocab_size=tasks.get_vocabulary("cls").vocab_size, hidden_size=16,
+                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     task_num_labels=(1, 2))
+    model = XLMRMultiTask(cfg, rngs=nnx.Rngs(0))
+    objective = ClassificationObjective(num_tasks=2, num_labels=(1, 2))
+    outputs = objective.outputs(model, batch, deterministic=True, rngs=None)
+    terms = objective.terms_from(outputs, batch)
+    predicted = np.asarray(outputs["regression"])[:4]
+    expected = np.sum((predicted - np.float32(scores)) ** 2)
+    assert float(terms.numerator) == pytest.approx(float(expected), rel=1e-5)
+    assert float(terms.denominator) == 4.0  # the two empty rows weigh nothing
