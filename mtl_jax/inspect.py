@@ -409,5 +409,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _main_for_pipes() -> int:
+    """``main()``; a reader that stops early (``| grep -q``, ``| head``) is not an error."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_for_pipes())

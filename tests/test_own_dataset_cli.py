@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
 
 def _blocks(lang: str = "") -> list[str]:
     text, out = DOC.read_text(), []
-    parts = text.split("```")
+    parts = re.split(r"^```", text, flags=re.M)
     for i in range(1, len(parts), 2):
         head, _, body = parts[i].partition("\n")
         if head.strip() == lang:
@@ -125,9 +126,10 @@ def test_docs_gin_and_python_examples_declare_what_they_say(tmp_path, capsys, mo
     rows = [(t, "pos") for t in POSITIVE] + [(t, "neg") for t in NEGATIVE]
     _write(data / "train.csv", rows)
     _write(data / "dev.csv", rows)
-    gin_blocks = [b for b in _blocks() if "TrainConfig.datasets" in b]
+    block = next(b for b in _blocks("bash") if "cat > my_reviews.gin" in b)
+    gin_text = re.search(r"cat > my_reviews.gin <<GIN\n(.*?)\nGIN\n", block, re.S).group(1)
     gin = tmp_path / "my_reviews.gin"
-    gin.write_text(gin_blocks[0].replace("/data/reviews", str(data)))
+    gin.write_text(gin_text.replace("$PWD/reviews", str(data)))
     assert inspect_cli.main(["--gin_file", str(gin), "reviews_t2t_en", "--json", "-n", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["members"][0]["examples"][0]["targets"] == "positive"
