@@ -30,10 +30,10 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from mtl_jax.models.families import FAMILIES, family_of_hf_model_type, get_family  # noqa: E402
+
 EXIT_OK, EXIT_OVER_TOLERANCE, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_TOLERANCE = 1e-5
-T5_TYPES = ("t5", "mt5")
-XLMR_TYPES = ("xlm-roberta", "roberta", "bert")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 log = logging.getLogger("mtl_jax.convert")
@@ -59,7 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     h = sub.add_parser("hf-to-jax", help="HF directory -> converted mtl_jax checkpoint")
     h.add_argument("src", type=Path, help="HF model directory (config.json + weights)")
     h.add_argument("dst", type=Path, help="output directory (must be empty or new)")
-    h.add_argument("--family", choices=("t5", "xlmr"),
+    h.add_argument("--family", choices=tuple(FAMILIES),
                    help="model family (default: from config.json model_type)")
     h.add_argument("--task_num_labels", type=_int_list, default=None,
                    help="XLM-R: comma-separated label counts of the task heads, e.g. 3,2,1 "
@@ -231,12 +231,15 @@ def inspect_hf_source(src: Path, family: str | None) -> HFSource:
         )
     hf_config = hf_io.read_config(config_dir)
     model_type = hf_config.get("model_type")
-    detected = "t5" if model_type in T5_TYPES else "xlmr" if model_type in XLMR_TYPES else None
-    if detected is None:
+    found = family_of_hf_model_type(model_type)
+    if found is None:
+        supported = " and ".join(f"{', '.join(f.hf_model_types)} (family {f.name})"
+                                 for f in FAMILIES.values())
         raise ConvertError(
             f"{config_dir / hf_io.CONFIG_NAME}: unknown model_type {model_type!r}; supported: "
-            f"{', '.join(T5_TYPES)} (family t5) and {', '.join(XLMR_TYPES)} (family xlmr)"
+            f"{supported}"
         )
+    detected = found.name
     if family is not None and family != detected:
         raise ConvertError(
             f"--family {family} does not fit {config_dir / hf_io.CONFIG_NAME} (model_type "
@@ -278,7 +281,7 @@ def hf_to_jax(args: argparse.Namespace) -> int:
     from mtl_jax.models import checkpoint_io
 
     source = inspect_hf_source(args.src, args.family)
-    if source.family == "t5" and (args.task_num_labels or args.task_names):
+    if get_family(source.family).encoder_decoder and (args.task_num_labels or args.task_names):
         raise ConvertError("--task_num_labels/--task_names apply to XLM-R (family xlmr) only")
     check_destination(args.dst, args.overwrite)
     if args.verify:
@@ -287,7 +290,7 @@ def hf_to_jax(args: argparse.Namespace) -> int:
     say(f"source {source.directory}: model_type {source.model_type} (family {source.family}), "
         f"{len(source.weight_files)} weight file(s), {human_bytes(size)}")
 
-    if source.family == "t5":
+    if get_family(source.family).encoder_decoder:
         model, config, task_names, id2label = _load_t5(source)
     else:
         model, config, task_names, id2label = _load_xlmr(source, args)
@@ -421,7 +424,7 @@ def report_verification(model: Any, family: str, source: HFSource, tolerance: fl
 
 
 def compare_with_transformers(model: Any, family: str, source: HFSource, seed: int) -> list[Comparison]:
-    if family == "t5":
+    if get_family(family).encoder_decoder:
         out = verify_t5_against_transformers(model, source.directory, seed=seed)
         return [Comparison(out["what"], out["max_abs"], out["max_rel"])]
     from mtl_jax.models import hf_xlmr
@@ -557,6 +560,9 @@ class Restored:
     task_names: list[str] | None
     id2label: dict[str, list[str]]
     description: str
+    # The tokenizer to write beside the export: {"file": spm path, "extra_ids": n} of a training
+    # run, or {"copy_from": HF directory} of a converted checkpoint; None = none known.
+    tokenizer: dict[str, Any] | None = None
 
 
 def jax_to_hf(args: argparse.Namespace) -> int:
@@ -571,10 +577,9 @@ def jax_to_hf(args: argparse.Namespace) -> int:
             raise ConvertError(f"--step applies to training checkpoints; {src} is a converted checkpoint")
         restored = _restore_converted(src)
     else:
-        store_dir, step_hint = locate_training_store(src)
-        if step_hint is not None and args.step is not None and str(args.step) != str(step_hint):
-            raise ConvertError(f"{src} is step {step_hint}; --step {args.step} contradicts it")
-        restored = restore_training_model(store_dir, args.step if step_hint is None else str(step_hint))
+        if src.name.isdigit() and args.step is not None and str(args.step) != src.name:
+            raise ConvertError(f"{src} is step {src.name}; --step {args.step} contradicts it")
+        restored = restore_training_model(src, args.step)
     task_names = args.task_names or restored.task_names
     if args.lora_adapter and getattr(restored.config, "lora", None) is None:
         raise ConvertError(f"--lora_adapter: {restored.description} has no LoRA (its model "
@@ -582,6 +587,12 @@ def jax_to_hf(args: argparse.Namespace) -> int:
     with stage(f"exporting {restored.description} to {args.dst}") as info:
         written = export_hf(restored, args.dst, task_names, lora_adapter=args.lora_adapter)
         info["detail"] = f"{human_bytes(sum(folder_size(p) for p in written.values()))} written"
+    tokenizer_dirs = export_tokenizer(restored, [args.dst, *written.values()])
+    if tokenizer_dirs:
+        say(f"tokenizer files written to {', '.join(str(d) for d in tokenizer_dirs)}")
+    else:
+        say(f"note: {restored.description} records no tokenizer (trained before tokenizer "
+            "recording, or converted from a directory without one): no tokenizer files written")
     for name, path in written.items():
         print(f"wrote {path} ({name})")
     return EXIT_OK
@@ -595,71 +606,33 @@ def _restore_converted(src: Path) -> Restored:
         model, config, family = checkpoint_io.load_converted(src)
         count, nbytes = tree_size(checkpoint_io.params_of(model))
         info["detail"] = f"{count:,} parameters, {human_bytes(nbytes)}"
+    tokenizer = None
+    source = record.get("source")
+    if source and (Path(source) / get_family(family).tokenizer_file).is_file():
+        tokenizer = {"copy_from": source}
     return Restored(model, config, family, record.get("task_names"), record.get("id2label") or {},
-                    f"converted checkpoint {src}")
+                    f"converted checkpoint {src}", tokenizer)
 
 
-def locate_training_store(src: Path) -> tuple[Path, int | None]:
-    """``(checkpoints folder, step or None)`` for a MODEL_DIR, its checkpoints/ or one step dir."""
-    from mtl_jax.training.checkpoints import STATE
-
-    if (src / "checkpoints").is_dir():
-        return src / "checkpoints", None
-    if src.is_dir() and (src / STATE).is_dir() and src.name.isdigit():
-        return src.parent, int(src.name)
-    if src.is_dir() and any(p.is_dir() and p.name.isdigit() for p in src.iterdir()):
-        return src, None
-    raise ConvertError(
-        f"{src} is neither a converted checkpoint (no mtl_jax_model.json) nor a training run "
-        "(expected MODEL_DIR/checkpoints/<step>/, a checkpoints/ folder or one <step>/ folder)"
-    )
-
-
-def choose_step(all_steps: list[int], best: int | None, latest: int | None, requested: str | None,
-                store_dir: Path) -> int:
-    """The step to export: ``requested`` (N, best, latest) or best-else-latest; clear errors."""
-    if not all_steps:
-        raise ConvertError(f"no checkpoints in {store_dir}")
-    listing = (f"available steps: {', '.join(map(str, all_steps))} (best: "
-               f"{best if best is not None else 'none scored'}, latest: {latest})")
-    if requested is None:
-        return best if best is not None else latest
-    if requested == "latest":
-        return latest
-    if requested == "best":
-        if best is None:
-            raise ConvertError(f"no step in {store_dir} has a model-selection score, so there is "
-                               f"no best step; {listing}")
-        return best
-    try:
-        step = int(requested)
-    except ValueError:
-        raise ConvertError(f"--step must be an integer, 'best' or 'latest', got {requested!r}") from None
-    if step not in all_steps:
-        raise ConvertError(f"step {step} is not in {store_dir}; {listing}")
-    return step
-
-
-def restore_training_model(store_dir: Path, requested: str | None) -> Restored:
-    """The model of one training checkpoint: only ``state.params`` is read (as host arrays), onto
-    the structure rebuilt from the checkpoint's ``config["model"]``; no optimizer is needed."""
-    import jax
-    import numpy as np
-    import orbax.checkpoint as ocp
-
+def restore_training_model(src: Path, requested: str | None) -> Restored:
+    """The model of one training checkpoint (``training.checkpoints.RunCheckpoint``: only
+    ``state.params`` is read, as host arrays, onto the structure rebuilt from the checkpoint's
+    ``config["model"]``; no optimizer is needed)."""
     from mtl_jax.models import checkpoint_io
-    from mtl_jax.training.checkpoints import CONFIG, DATA, SCORE_KEY, STATE
+    from mtl_jax.training.checkpoints import CONFIG, CheckpointLookupError, RunCheckpoint
 
-    options = ocp.CheckpointManagerOptions(
-        read_only=True, best_fn=lambda m: m[SCORE_KEY], best_mode="max")
-    manager = ocp.CheckpointManager(store_dir.absolute(), options=options,
-                                    item_names=(STATE, DATA, CONFIG))
     try:
-        step = choose_step(sorted(manager.all_steps()), manager.best_step(), manager.latest_step(),
-                           requested, store_dir)
-        where = store_dir / str(step)
-        run_config = manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
-        record = dict((run_config or {}).get("model") or {})
+        checkpoint = RunCheckpoint(src, requested)
+    except CheckpointLookupError as e:
+        if "is not a training run" in str(e):
+            raise ConvertError(
+                f"{src} is neither a converted checkpoint (no mtl_jax_model.json) nor a training "
+                "run (expected MODEL_DIR/checkpoints/<step>/, a checkpoints/ folder or one <step>/ "
+                "folder)") from None
+        raise ConvertError(str(e)) from None
+    with checkpoint:
+        step, where = checkpoint.step, checkpoint.where
+        record = checkpoint.model_record
         family = record.pop("family", None)
         heads = record.pop("heads", None)
         if family is None:
@@ -670,18 +643,45 @@ def restore_training_model(store_dir: Path, requested: str | None) -> Restored:
         except (TypeError, ValueError) as e:
             raise ConvertError(str(e)) from None
         with stage(f"restoring the params of step {step} from {where}") as info:
-            target = {"params": checkpoint_io.abstract_params(family, config)}
-            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-            state = manager.restore(step, args=ocp.args.Composite(**{
-                STATE: ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                              partial_restore=True)}))[STATE]
+            state = checkpoint.restore({"params": checkpoint_io.abstract_params(family, config)})
             model = checkpoint_io.model_from_params(family, config, state["params"])
             count, nbytes = tree_size(state["params"])
             info["detail"] = f"{family}, {count:,} parameters, {human_bytes(nbytes)}"
-    finally:
-        manager.close()
-    task_names = list(heads) if family == "xlmr" and heads is not None else None
-    return Restored(model, config, family, task_names, {}, f"step {step} of {store_dir}")
+    task_names = list(heads) if not get_family(family).encoder_decoder and heads is not None else None
+    tokenizer = checkpoint.config.get("vocabulary")
+    return Restored(model, config, family, task_names, {}, f"step {step} of {checkpoint.directory}",
+                    dict(tokenizer) if isinstance(tokenizer, dict) else None)
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+
+
+def export_tokenizer(restored: Restored, directories: Sequence[Path]) -> list[Path]:
+    """Write the tokenizer beside every exported model directory (and the export's root), so
+    ``AutoTokenizer.from_pretrained`` works on each; returns the directories written."""
+    import shutil
+
+    from mtl_jax.models.hf_tokenizer import write_tokenizer
+
+    spec = restored.tokenizer
+    if not spec:
+        return []
+    family = get_family(restored.family)
+    done: list[Path] = []
+    for directory in dict.fromkeys(Path(d) for d in directories):
+        if directory.name == "adapter":  # peft adapters load their base model's tokenizer
+            continue
+        if "copy_from" in spec:
+            source = Path(spec["copy_from"])
+            for name in (family.tokenizer_file, *TOKENIZER_FILES):
+                if (source / name).is_file():
+                    directory.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source / name, directory / name)
+        else:
+            write_tokenizer(directory, restored.family, spec["file"],
+                            extra_ids=int(spec.get("extra_ids", 0)))
+        done.append(directory)
+    return done
 
 
 def export_hf(restored: Restored, dst: Path, task_names: Sequence[str] | None,
@@ -695,7 +695,7 @@ def export_hf(restored: Restored, dst: Path, task_names: Sequence[str] | None,
     model = restored.model
     if lora_adapter:
         model = lora.without_lora(restored.model)
-    if restored.family == "t5":
+    if get_family(restored.family).encoder_decoder:
         from mtl_jax.models.hf_t5 import export_hf_t5, export_lora_adapter
 
         written = {restored.config.model_type: export_hf_t5(model, model.config, dst)}

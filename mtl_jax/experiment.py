@@ -2,7 +2,7 @@
 
 This is the one place where the data layer (seqio Tasks and Mixtures) meets the model and trainer
 layers; the CLIs ``train`` and ``evaluate`` are thin wrappers around it. Both model families go
-through the same path and differ only in the small ``_Family`` tables below.
+through the same path and differ only in their entry of ``models.families``.
 """
 
 from __future__ import annotations
@@ -16,30 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mtl_jax import features as F
 from mtl_jax.data import eval_sets, mixtures, tasks
 from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
 from mtl_jax.data.iterator import shard_blocks, sharded_mixture_iterator
-from mtl_jax.evaluation import tables
-from mtl_jax.evaluation.plots import eval_record
+from mtl_jax.evaluation.evaluator import Evaluator
+from mtl_jax.evaluation.predictor import Predictor
+from mtl_jax.evaluation.runner import ModelRunner
 from mtl_jax.models import hf_io
-from mtl_jax.models.t5 import T5Config, T5Model
-from mtl_jax.models.t5_decoding import greedy_decode, rank_classification
-from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
+from mtl_jax.models.families import Family, get_family
 from mtl_jax.run_config import TrainConfig
 from mtl_jax.training import optimizers
 from mtl_jax.training import partitioning as part
-from mtl_jax.training.loop import EvalOutcome
+from mtl_jax.training.checkpoints import RunCheckpoint, abstract_like, check_compatible
 from mtl_jax.training.objectives import (
     ClassificationObjective,
     EncoderDecoderObjective,
     R3FObjective,
 )
-from mtl_jax.training.step import make_eval_step, make_train_step, to_host
+from mtl_jax.training.step import make_train_step
 from mtl_jax.training.train_state import (
     TrainState,
     abstract_model,
@@ -50,8 +47,6 @@ from mtl_jax.training.train_state import (
 )
 
 log = logging.getLogger(__name__)
-
-CANDIDATES = "candidates"
 
 
 class ConfigError(ValueError):
@@ -64,7 +59,7 @@ class ConfigError(ValueError):
 
 
 def task_format(family: str) -> str:
-    return "t2t" if family == "t5" else "cls"
+    return get_family(family).task_format
 
 
 def configure_datasets(cfg: TrainConfig) -> None:
@@ -138,9 +133,11 @@ class TaskLayout:
     head_labels: tuple[int, ...]  # label count per head (0 for span corruption)
 
 
-def task_layout(cfg: TrainConfig) -> TaskLayout:
+def task_layout(cfg: TrainConfig, training: bool = True) -> TaskLayout:
+    """The run's tasks and heads. ``training=False`` (evaluate, predict) reads no data file: the
+    mixture's declaration is enough, so a run can be evaluated where only dev files exist."""
     try:
-        info = mixtures.mixture_info(cfg.mixture)
+        info: Any = mixtures.mixture_info(cfg.mixture) if training else mixtures.mixture_spec(cfg.mixture)
     except (KeyError, ValueError) as e:
         known = ", ".join(mixtures.mixture_names())
         raise ConfigError(f"TrainConfig.mixture={cfg.mixture!r}: {e}. Known mixtures: {known}") from e
@@ -169,25 +166,23 @@ def task_layout(cfg: TrainConfig) -> TaskLayout:
 
 def model_config(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
     """The architecture: from the pretrained checkpoint when there is one, else the gin config."""
-    base = cfg.model_config
-    if cfg.family == "t5":
-        base = base if base is not None else T5Config()
-        if cfg.pretrained:
-            hf = T5Config.from_hf(hf_io.read_config(cfg.pretrained))
-            return dataclasses.replace(hf, dtype=base.dtype, attention_impl=base.attention_impl,
-                                       dropout_rate=base.dropout_rate, lora=base.lora)
-        if not isinstance(base, T5Config):
-            raise ConfigError("TrainConfig.model_config must be a T5Config for family='t5'")
-        return _fit_vocab(base, vocab_size)
-    base = base if base is not None else XLMRConfig()
-    if not isinstance(base, XLMRConfig):
-        raise ConfigError("TrainConfig.model_config must be an XLMRConfig for family='xlmr'")
+    family = get_family(cfg.family)
+    config_cls = family.config_cls
+    base = cfg.model_config if cfg.model_config is not None else config_cls()
+    if not isinstance(base, config_cls):
+        raise ConfigError(f"TrainConfig.model_config must be a {config_cls.__name__} for "
+                          f"family={cfg.family!r}")
     if cfg.pretrained:
-        hf = XLMRConfig.from_hf(hf_io.read_config(cfg.pretrained))
-        base = dataclasses.replace(hf, dtype=base.dtype, attention_impl=base.attention_impl,
-                                   lora=base.lora)
+        hf = config_cls.from_hf(hf_io.read_config(cfg.pretrained))
+        kept = {k: getattr(base, k) for k in ("dtype", "attention_impl", "dropout_rate", "lora")
+                if hasattr(base, k) and hasattr(hf, k)}
+        base = dataclasses.replace(hf, **kept)
+        if family.encoder_decoder:
+            return base
     else:
         base = _fit_vocab(base, vocab_size)
+    if family.encoder_decoder:
+        return base
     return dataclasses.replace(base, task_num_labels=tuple(max(n, 1) for n in layout.head_labels))
 
 
@@ -199,14 +194,14 @@ def _fit_vocab(config: Any, vocab_size: int) -> Any:
 
 
 def model_factory(family: str, config: Any, seed: int) -> Callable[[], nnx.Module]:
-    cls = T5Model if family == "t5" else XLMRMultiTask
+    cls = get_family(family).model_cls
     return lambda: cls(config, rngs=nnx.Rngs(seed))
 
 
 def pretrained_model(family: str, config: Any, directory: str, seed: int = 0) -> nnx.Module:
     """The HF checkpoint's weights in our module (host memory), heads freshly initialised (as
     before LoRA existed, from seed 0), LoRA matrices (if any) from ``seed`` with B = 0."""
-    if family == "t5":
+    if get_family(family).encoder_decoder:
         from mtl_jax.models.hf_t5 import model_from_hf_state
 
         return model_from_hf_state(hf_io.read_state_dict(directory), config, seed=seed)
@@ -221,10 +216,12 @@ def pretrained_model(family: str, config: Any, directory: str, seed: int = 0) ->
     return model
 
 
-def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Sequence[str] = ()):
-    if cfg.family == "t5":
-        return EncDecConverter(layout.heads, pack=cfg.pack and not passthrough,
-                               passthrough=tuple(passthrough))
+def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Sequence[str] = (),
+              pack: bool | None = None):
+    """The family's feature converter; ``pack=False`` for evaluation (one example per row)."""
+    if get_family(cfg.family).encoder_decoder:
+        pack = cfg.pack and not passthrough if pack is None else pack
+        return EncDecConverter(layout.heads, pack=pack, passthrough=tuple(passthrough))
     return ClassificationConverter(
         layout.heads, bos_id=0, pad_id=vocab.pad_id, eos_id=vocab.eos_id,
         passthrough=tuple(passthrough), regression=1 in layout.head_labels,
@@ -234,7 +231,7 @@ def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Seq
 def objective(cfg: TrainConfig, layout: TaskLayout) -> Any:
     """The family's objective, with Muppet loss scaling and wrapped in R3F when configured."""
     try:
-        if cfg.family == "t5":
+        if get_family(cfg.family).encoder_decoder:
             base: Any = EncoderDecoderObjective(
                 num_tasks=len(layout.heads), normalization=cfg.loss_normalization or "tokens",
                 z_loss=cfg.z_loss, loss_scaling=cfg.loss_scaling,
@@ -357,8 +354,111 @@ class Experiment:
     def to_global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return part.global_batch(local, self.mesh, self.batch_sharding)
 
-    def evaluator(self, split: str | None = None) -> Callable[[TrainState, int], EvalOutcome]:
-        return Evaluator(self, split or self.cfg.eval_split)
+    @property
+    def family(self) -> Family:
+        return get_family(self.cfg.family)
+
+    def vocabulary_file(self) -> Path:
+        """The sentencepiece file of the run's vocabulary (recorded with each checkpoint so an
+        export can ship the tokenizer)."""
+        return vocabulary_file(self.cfg)
+
+    # -- evaluation and prediction ------------------------------------------------------------
+    def runner(self) -> ModelRunner:
+        """The compiled forward passes of evaluation and prediction on this run's mesh."""
+        classify = None
+        if not self.family.encoder_decoder:
+            classify = objective(self.cfg, self.layout).predict
+        return ModelRunner(
+            family=self.family, graphdef=self.graphdef, mesh=self.mesh, rules=self.rules,
+            param_shardings=self.shardings.params, rest_shardings=self.shardings.rest,
+            batch_sharding=self.batch_sharding, batch_size=self.cfg.eval_batch_size,
+            target_length=self.cfg.sequence_length.get("targets", 8), classify=classify,
+        )
+
+    def inputs(self) -> RunInputs:
+        return RunInputs(self)
+
+    def eval_infos(self, split: str, tasks_filter: Sequence[str] = (),
+                   languages: Sequence[str] = ()) -> list[tasks.TaskInfo]:
+        """The run's evaluation tasks that have ``split``, optionally only the named datasets
+        (or full task names) and languages; a filter that matches nothing is an error."""
+        infos = [tasks.task_info(t) for t in self.layout.eval_tasks]
+        for name in tasks_filter:
+            if not any(name in (i.dataset, i.name) for i in infos):
+                raise ConfigError(f"--tasks {name}: not an evaluation task of mixture "
+                                  f"{self.cfg.mixture!r}; it has "
+                                  f"{sorted({i.dataset for i in infos})}")
+        for lang in languages:
+            if not any(lang == i.language for i in infos):
+                raise ConfigError(f"--languages {lang}: no evaluation task of mixture "
+                                  f"{self.cfg.mixture!r} is in that language; languages: "
+                                  f"{sorted({i.language for i in infos})}")
+        return [i for i in infos if split in i.splits
+                and (not tasks_filter or i.dataset in tasks_filter or i.name in tasks_filter)
+                and (not languages or i.language in languages)]
+
+    def evaluator(self, split: str | None = None, infos: Sequence[Any] | None = None) -> Evaluator:
+        split = split or self.cfg.eval_split
+        return Evaluator(self.runner(), self.inputs(),
+                         self.eval_infos(split) if infos is None else infos, split,
+                         eval_mode=self.cfg.eval_mode, max_examples=self.cfg.max_eval_examples)
+
+    def restore_params(self, checkpoint: RunCheckpoint) -> tuple[Any, Any]:
+        """``(params, rest)`` of a training checkpoint, placed on this run's mesh; nothing of
+        the optimizer is read. The stored model record must match this run's model."""
+        check_compatible(checkpoint.model_record, self.model_record(), checkpoint.where)
+        target = {
+            "params": abstract_like(self.abstract_state.params, self.shardings.params),
+            "rest": abstract_like(self.abstract_state.rest, self.shardings.rest),
+        }
+        restored = checkpoint.restore(target)
+        return restored["params"], restored["rest"]
+
+    def predictor(self, params: Any, rest: Any, greedy: bool = False) -> Predictor:
+        if greedy and not self.family.encoder_decoder:
+            raise ConfigError("greedy decoding needs a text-to-text (mT5) run")
+        return Predictor(self.runner(), self.inputs(), params, rest, greedy=greedy)
+
+
+class RunInputs:
+    """The data layer's side of evaluation and prediction (``evaluation.runner.EvalInputs``):
+    examples of a split, their token batches, rank-classification candidates, decoding."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+
+    def examples(self, info: Any, split: str) -> list[dict[str, Any]]:
+        return eval_sets.load_examples(info.name, split, self.exp.cfg.sequence_length,
+                                       self.exp.cfg.max_eval_examples)
+
+    def batches(self, info: Any, examples: Sequence[Any], batch_size: int,
+                rows: tuple[int, int]) -> Any:
+        conv = converter(self.exp.cfg, self.exp.layout, self.exp.vocab, pack=False)
+        return eval_sets.eval_batches(examples, conv, self.exp.cfg.sequence_length, batch_size, rows)
+
+    def candidates(self, info: Any) -> np.ndarray:
+        return eval_sets.label_candidates(info, self.exp.cfg.sequence_length.get("targets", 8))
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        ids = [int(t) for t in tokens]
+        eos = self.exp.vocab.eos_id
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        return self.exp.vocab.decode([t for t in ids if t > 0])
+
+
+def vocabulary_file(cfg: TrainConfig) -> Path:
+    """The sentencepiece model file a run tokenizes with: ``TrainConfig.vocabulary`` (a file, or
+    a directory holding the family's file), else the pretrained directory's, else the demo's."""
+    from mtl_jax.data import vocab as vocab_lib
+
+    family = get_family(cfg.family)
+    path = cfg.vocabulary or cfg.pretrained
+    if path is None:
+        return vocab_lib.DEMO_T5_SPM if family.encoder_decoder else vocab_lib.DEMO_XLMR_SPM
+    path = Path(path)
+    return path / family.tokenizer_file if path.is_dir() else path
 
 
 def data_shards(cfg: TrainConfig, batch_sharding: Any) -> tuple[int, tuple[int, int]]:
@@ -373,13 +473,14 @@ def data_shards(cfg: TrainConfig, batch_sharding: Any) -> tuple[int, tuple[int, 
     return shards, rows
 
 
-def build(cfg: TrainConfig) -> Experiment:
-    """Everything but parameters: shapes, shardings and the compiled-step ingredients."""
+def build(cfg: TrainConfig, training: bool = True) -> Experiment:
+    """Everything but parameters: shapes, shardings and the compiled-step ingredients.
+
+    ``training=False`` (evaluate, predict) reads no training file (``task_layout``)."""
     if not cfg.model_dir:
         raise ConfigError("TrainConfig.model_dir is not set (e.g. --gin_param=TrainConfig.model_dir=/tmp/run)")
     if cfg.require_pretrained and not cfg.pretrained:
-        kind = "mT5" if cfg.family == "t5" else "XLM-R"
-        demo = "demo_mt5.gin" if cfg.family == "t5" else "demo_xlmr.gin"
+        kind, demo = get_family(cfg.family).display, get_family(cfg.family).demo_gin
         raise ConfigError(
             f"this recipe fine-tunes a pretrained {kind}: set "
             f"--gin_param=TrainConfig.pretrained=/path/to/checkpoint (a Hugging Face directory with "
@@ -394,8 +495,9 @@ def build(cfg: TrainConfig) -> Experiment:
     configure_datasets(cfg)
     configure_sources(cfg)
     vocab = configure_vocabulary(cfg)
-    layout = task_layout(cfg)
-    check_evaluation_data(cfg, layout)
+    layout = task_layout(cfg, training)
+    if training:
+        check_evaluation_data(cfg, layout)
     config = model_config(cfg, layout, vocab.vocab_size)
     mesh = part.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
     rules = part.rules_by_name(cfg.rules)
@@ -416,161 +518,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation
-# ------------------------------------------------------------------------------------------------
-
-
-class Evaluator:
-    """Evaluates every (task, language) of the run's evaluation tasks; compiles once per shape."""
-
-    def __init__(self, exp: Experiment, split: str) -> None:
-        self.exp = exp
-        self.split = split
-        cfg = exp.cfg
-        self.batch_size = max(cfg.eval_batch_size, 1)
-        # Global eval batches must split over the data-parallel devices and over processes.
-        self.dp = math.lcm(part.data_parallel_size(exp.mesh, exp.rules), jax.process_count())
-        self.batch_size += (-self.batch_size) % self.dp
-        self._examples: dict[str, list[dict[str, Any]]] = {}
-        self._steps: dict[str, Any] = {}
-        self.infos = [tasks.task_info(t) for t in exp.layout.eval_tasks
-                      if split in tasks.task_info(t).splits]
-        self.cand_len = cfg.sequence_length.get("targets", 8)
-        # Exact candidates per task (no padding to the largest label set or the target length):
-        # the decoder and LM head run over B x C x Lc tokens, so this is what evaluation costs.
-        self.candidates = {
-            i.name: _trim_columns(eval_sets.label_candidates(i, self.cand_len)) for i in self.infos
-        } if cfg.family == "t5" else {}
-
-    # The predict functions: batch -> per-example scores/predictions, traced once per shape.
-    def _predict_fn(self) -> Callable[[nnx.Module, dict[str, jax.Array]], dict[str, jax.Array]]:
-        family, mode = self.exp.cfg.family, self.exp.cfg.eval_mode
-        echo = (F.LABELS, "label", "query_id", eval_sets.VALID)
-
-        def finish(out: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-            for key in echo:
-                if key in batch:
-                    out[key] = batch[key]
-            return out
-
-        if family == "t5" and mode == "rank":
-            def predict(model, batch):
-                cands = batch[CANDIDATES]
-                _, scores = rank_classification(model, batch[F.ENCODER_INPUT_TOKENS], cands)
-                scores = jnp.where(cands[..., 0] > 0, scores, -jnp.inf)
-                return finish({"scores": scores, "predictions": jnp.argmax(scores, -1)}, batch)
-        elif family == "t5":
-            length = self.cand_len
-
-            def predict(model, batch):
-                tokens = greedy_decode(model, batch[F.ENCODER_INPUT_TOKENS], length)
-                return finish({"tokens": tokens}, batch)
-        else:
-            objective_ = objective(self.exp.cfg, self.exp.layout)
-
-            def predict(model, batch):
-                out = objective_.predict(model, batch)
-                return finish({"scores": out["logits"], "predictions": out["predictions"]}, batch)
-        return predict
-
-    def _step(self) -> Any:
-        if "step" not in self._steps:
-            self._steps["step"] = make_eval_step(
-                self.exp.graphdef, self._predict_fn(), self.exp.mesh, self.exp.shardings,
-                self.exp.batch_sharding, rules=self.exp.rules,
-            )
-        return self._steps["step"]
-
-    def examples(self, task: str) -> list[dict[str, Any]]:
-        if task not in self._examples:
-            self._examples[task] = eval_sets.load_examples(
-                task, self.split, self.exp.cfg.sequence_length, self.exp.cfg.max_eval_examples
-            )
-        return self._examples[task]
-
-    def predict_task(self, state: TrainState, info: Any) -> dict[str, np.ndarray]:
-        """Labels, predictions, ranking scores and query ids of one task, all on the host."""
-        passthrough = ["label"] if self.exp.cfg.family == "t5" else []
-        if "wpr" == info.head:
-            passthrough.append("query_id")
-        conv = converter(self.exp.cfg, self.exp.layout, self.exp.vocab, passthrough)
-        outs: list[dict[str, np.ndarray]] = []
-        examples = self.examples(info.name)
-        batch_size = min(self.batch_size, len(examples) + (-len(examples)) % self.dp)
-        batch_size = max(batch_size, self.dp)
-        rows = part.local_rows(self.exp.batch_sharding, batch_size)
-        for local in eval_sets.eval_batches(
-            examples, conv, self.exp.cfg.sequence_length, batch_size, rows
-        ):
-            if self.exp.cfg.family == "t5":
-                local[CANDIDATES] = np.broadcast_to(
-                    self.candidates[info.name], (len(local[eval_sets.VALID]),
-                                                 *self.candidates[info.name].shape)).copy()
-                local = {k: v for k, v in local.items() if k not in (F.DECODER_INPUT_TOKENS,)}
-            outs.append(to_host(self._step()(state, self.exp.to_global(local))))
-        merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-        keep = merged[eval_sets.VALID] > 0
-        merged = {k: v[keep] for k, v in merged.items()}
-        labels = merged["label"] if "label" in merged else merged[F.LABELS]
-        if "tokens" in merged:
-            preds = np.array([info.label_id(self._decode(row)) for row in merged["tokens"]])
-            scores = None
-        else:
-            n = info.num_classes
-            scores = merged["scores"][:, :n].astype(np.float64)
-            preds = merged["predictions"]
-        ranking = None
-        if scores is not None:
-            probs = np.exp(scores - scores.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-            ranking = probs @ np.arange(scores.shape[1], dtype=np.float64)  # expected grade
-        return {"labels": labels, "predictions": preds, "ranking": ranking,
-                "query_id": merged.get("query_id")}
-
-    def _decode(self, tokens: np.ndarray) -> str:
-        ids = [int(t) for t in tokens]
-        eos = self.exp.vocab.eos_id
-        if eos in ids:
-            ids = ids[: ids.index(eos)]
-        return self.exp.vocab.decode([t for t in ids if t > 0])
-
-    def __call__(self, state: TrainState, step: int) -> EvalOutcome:
-        results: dict[tuple[str, str], dict[str, float]] = {}
-        primary: dict[str, str] = {}
-        records: list[dict[str, Any]] = []
-        for info in self.infos:
-            out = self.predict_task(state, info)
-            metrics = _task_metrics(info, out)
-            table_task = info.dataset
-            primary.setdefault(table_task, info.metrics[0])
-            results[(table_task, info.language)] = metrics
-            for name, value in metrics.items():
-                records.append(eval_record(step=step, task=table_task, language=info.language,
-                                           metric=name, value=value, split=self.split))
-        table = tables.build_report(results, primary)
-        return EvalOutcome(score=float(table.overall), records=records,
-                           summary=tables.format_text(table))
-
-    def primary_metrics(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for info in self.infos:
-            out.setdefault(info.dataset, info.metrics[0])
-        return out
-
-
-def _trim_columns(cands: np.ndarray) -> np.ndarray:
-    used = np.flatnonzero(cands.any(axis=0))
-    return cands[:, : used[-1] + 1]
-
-
-def _task_metrics(info: Any, out: dict[str, np.ndarray]) -> dict[str, float]:
-    labels, preds = out["labels"], out["predictions"]
-    if "ndcg" in info.metrics:
-        from mtl_jax.evaluation.metrics import compute_metrics
-
-        ranking = out["ranking"] if out["ranking"] is not None else preds.astype(np.float64)
-        return compute_metrics(info.metrics, labels, preds, scores=ranking, groups=out["query_id"])
-    return info.compute_metrics(labels, preds)

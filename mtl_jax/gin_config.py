@@ -11,6 +11,7 @@ import difflib
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gin
 
@@ -61,13 +62,20 @@ def _is_literal(value: str) -> bool:
     return True
 
 
-def parse(gin_files: Sequence[str | Path], gin_params: Sequence[str] = ()) -> None:
-    """Parse files then bindings (later ones win) into a fresh config; raise ``GinConfigError``
-    naming the culprit."""
+def parse(gin_files: Sequence[str | Path], gin_params: Sequence[str] = (),
+          base: str | None = None, base_name: str = "stored configuration") -> None:
+    """Parse ``base`` (gin text, e.g. the configuration stored with a checkpoint), then files,
+    then bindings (later ones win) into a fresh config; raise ``GinConfigError`` naming the
+    culprit."""
     gin.clear_config()
     gin.add_config_file_search_path(str(GIN_DIR))
     paths = [str(resolve_gin_file(f)) for f in gin_files]
     bindings = [normalize_binding(b) for b in gin_params]
+    if base is not None:
+        try:
+            gin.parse_config(base)
+        except (ValueError, KeyError, SyntaxError) as e:
+            raise GinConfigError(f"in the {base_name}: {_first_line(e)}") from e
     for path in paths:
         try:
             gin.parse_config_file(path)
@@ -91,3 +99,22 @@ def _suggest(binding: str) -> str:
     names = sorted({c.name for _, c in gin.config._REGISTRY.items()})  # noqa: SLF001
     close = difflib.get_close_matches(configurable, names, n=3)
     return f" (known configurables like it: {', '.join(close)})" if close else ""
+
+
+def checkpoint_train_config(checkpoint: Any, gin_files: Sequence[str | Path] = (),
+                            gin_params: Sequence[str] = ()) -> Any:
+    """The ``TrainConfig`` of a training checkpoint (``training.checkpoints.RunCheckpoint``):
+    the gin configuration stored with it, or ``gin_files`` instead; ``gin_params`` on top.
+    ``model_dir`` is the checkpoint's run directory."""
+    import dataclasses
+
+    from mtl_jax import configurables
+
+    stored = None if gin_files else checkpoint.config.get("gin")
+    if not gin_files and not stored:
+        raise GinConfigError(f"{checkpoint.where} stores no gin configuration; pass the run's "
+                             "--gin_file (and --gin_param) flags")
+    parse(gin_files, gin_params, base=stored,
+          base_name=f"gin configuration stored with {checkpoint.where}")
+    cfg = configurables.train_config()
+    return dataclasses.replace(cfg, model_dir=str(checkpoint.directory.parent))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-FAMILIES = ("t5", "xlmr")
+from mtl_jax.models.families import FAMILY_NAMES as FAMILIES
+from mtl_jax.models.families import get_family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.family must be one of {FAMILIES}, got {self.family!r}")
         if self.eval_mode not in ("rank", "greedy"):
             raise ValueError(f"TrainConfig.eval_mode must be 'rank' or 'greedy', got {self.eval_mode!r}")
-        if self.eval_mode == "greedy" and self.family != "t5":
+        if self.eval_mode == "greedy" and not get_family(self.family).encoder_decoder:
             raise ValueError("TrainConfig.eval_mode='greedy' needs family='t5'")
         if self.max_consecutive_skips < 1:
             raise ValueError(

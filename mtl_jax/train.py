@@ -118,7 +118,10 @@ def run(cfg) -> int:
         keep_last=cfg.keep_last, keep_best=cfg.keep_best, patience=cfg.patience,
         async_checkpoints=cfg.async_checkpoints, max_consecutive_skips=cfg.max_consecutive_skips,
     )
-    run_config = {"model": exp.model_record(), "gin": gin.config_str(), "mixture": cfg.mixture}
+    run_config = {"model": exp.model_record(), "gin": gin.config_str(), "mixture": cfg.mixture,
+                  # the tokenizer an export ships (convert jax-to-hf) and predict reads
+                  "vocabulary": {"file": str(exp.vocabulary_file().absolute()),
+                                 "extra_ids": int(getattr(exp.vocab, "extra_ids", 0) or 0)}}
     state, result = run_loop(
         loop_cfg, state=state, state_shardings=exp.shardings, train_step=exp.train_step(),
         batches=exp.train_batches(), to_global=exp.to_global, evaluate=evaluator, store=store,

@@ -351,3 +351,28 @@ def test_destination_must_be_empty_unless_overwrite(tmp_path, capsys):
     assert main(["jax-to-hf", str(dst), str(hf_dir), "--overwrite"]) == 0
     err = _error(capsys, ["jax-to-hf", str(dst), str(tmp_path / "x"), "--step", "3"])
     assert "--step applies to training checkpoints" in err
+
+
+def test_jax_to_hf_of_a_converted_checkpoint_copies_the_sources_tokenizer(tmp_path):
+    """A pretrained directory with its tokenizer -> hf-to-jax -> jax-to-hf: the export loads
+    with AutoTokenizer and tokenizes like the source's tokenizer (offline, the demo vocabulary)."""
+    import shutil
+
+    from mtl_jax.data import vocab as vocab_lib
+
+    src, ours, back = tmp_path / "hf", tmp_path / "ours", tmp_path / "back"
+    helpers.make_hf("mt5_c").save_pretrained(src)
+    shutil.copyfile(vocab_lib.DEMO_T5_SPM, src / "spiece.model")
+    helpers.hf_tokenizer(src, "mt5").save_pretrained(src)  # the source's own tokenizer files
+    assert main(["hf-to-jax", str(src), str(ours)]) == 0
+    assert main(["jax-to-hf", str(ours), str(back)]) == 0
+    assert (back / "spiece.model").read_bytes() == (src / "spiece.model").read_bytes()
+    text = "Praha je hlavní město. The cat sat."
+    want = transformers.AutoTokenizer.from_pretrained(src)(text)["input_ids"]
+    assert transformers.AutoTokenizer.from_pretrained(back)(text)["input_ids"] == want
+    # A source without tokenizer files: the export says so and still writes the model.
+    bare, bare_ours, bare_back = tmp_path / "bare", tmp_path / "bare_ours", tmp_path / "bare_back"
+    helpers.make_hf("mt5_c").save_pretrained(bare)
+    assert main(["hf-to-jax", str(bare), str(bare_ours)]) == 0
+    assert main(["jax-to-hf", str(bare_ours), str(bare_back)]) == 0
+    assert not (bare_back / "spiece.model").exists() and (bare_back / "config.json").is_file()

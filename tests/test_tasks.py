@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import seqio
-from sklearn.metrics import accuracy_score, f1_score, ndcg_score
 
 from mtl_jax.data import converters, formats, sources, tasks
 
@@ -307,63 +306,3 @@ def test_sharding_splits_examples_disjointly():
     assert not set(parts[0]) & set(parts[1])
     assert set(parts[0]) | set(parts[1]) == set(full)
     assert len(parts[0]) + len(parts[1]) == len(full)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def _metric_fn(name: str):
-    (fn,) = seqio.get_mixture_or_task(name).metric_fns
-    return fn
-
-
-def test_t2t_accuracy_matches_sklearn():
-    rng = np.random.default_rng(0)
-    names = formats.XNLI_LABELS
-    targets = [names[i] for i in rng.integers(0, 3, 200)]
-    preds = [names[i] for i in rng.integers(0, 3, 200)] + []
-    preds[:3] = ["garbage", "", "Entailment"]  # generations outside the label set count as wrong
-    got = _metric_fn("xnli_t2t_de")(targets, preds)
-    assert got == {"accuracy": pytest.approx(accuracy_score(targets, preds))}
-
-
-def test_ctkfacts_f1_matches_sklearn():
-    rng = np.random.default_rng(1)
-    names = formats.CTKFACTS_LABELS
-    targets = [names[i] for i in rng.integers(0, 3, 300)]
-    preds = [names[i] for i in rng.integers(0, 3, 300)]
-    got = _metric_fn("ctkfacts_nli_t2t_cs")(targets, preds)
-    assert got["macro_f1"] == pytest.approx(
-        f1_score(targets, preds, labels=list(names), average="macro")
-    )
-    assert got["micro_f1"] == pytest.approx(
-        f1_score(targets, preds, labels=list(names), average="micro")
-    )
-    assert got["accuracy"] == pytest.approx(accuracy_score(targets, preds))
-
-
-def test_wpr_ndcg_groups_by_query_id_like_sklearn():
-    task = seqio.get_mixture_or_task("wpr_t2t_de")
-    rng = np.random.default_rng(2)
-    names = formats.WPR_LABELS
-    gold, pred, qids = [], [], []
-    for q in range(20):
-        n = int(rng.integers(2, 8))
-        g = rng.integers(0, 5, n)
-        g[0] = max(g[0], 1)  # each query has a relevant page
-        gold += [names[i] for i in g]
-        pred += [names[i] for i in rng.integers(0, 5, n)]
-        qids += [q] * n
-    targets = [
-        task.postprocess_fn(t, example={"query_id": q}, is_target=True)
-        for t, q in zip(gold, qids, strict=True)
-    ]
-    predictions = [task.postprocess_fn(p) for p in pred]
-    got = _metric_fn("wpr_t2t_de")(targets, predictions)
-    per_query = []
-    for q in range(20):
-        idx = [i for i, x in enumerate(qids) if x == q]
-        per_query.append(
-            ndcg_score([[names.index(gold[i]) for i in idx]], [[names.index(pred[i]) for i in idx]])
-        )
-    assert got == {"ndcg": pytest.approx(float(np.mean(per_query)))}

@@ -19,7 +19,7 @@ import numpy as np
 
 from mtl_jax import features as F
 
-# The string feature every example carries (data_contract.md): the dataset-level head name.
+# The string feature every example carries (the head name, see the mtl_jax.data.tasks docstring).
 TASK_FEATURE = "task"
 
 
@@ -52,7 +52,7 @@ def example_task_id(example: Mapping[str, Any], task_ids: Mapping[str, int]) -> 
         return tid
     if TASK_FEATURE not in example:
         raise KeyError(
-            f"example has no '{TASK_FEATURE}' feature (the head name, data_contract.md); "
+            f"example has no '{TASK_FEATURE}' feature (the head name; see the mtl_jax.data.tasks docstring); "
             f"it has {sorted(example)}"
         )
     name = _text(example[TASK_FEATURE])

@@ -31,7 +31,6 @@ import tensorflow as tf
 
 from mtl_jax import labels as labels_lib
 from mtl_jax.data import preprocessors, registry, sources
-from mtl_jax.evaluation import metrics as metrics_lib
 
 TaskFormat = Literal["t2t", "cls"]
 FORMATS: tuple[TaskFormat, ...] = ("t2t", "cls")
@@ -70,19 +69,6 @@ class TaskInfo:
         if isinstance(value, str):
             return self.label_names.index(value) if value in self.label_names else -1
         return int(value)
-
-    def compute_metrics(self, labels, predictions, *, groups=None) -> dict[str, float]:
-        """The task's declared metrics; labels/predictions as ids or names (unknown names: wrong)."""
-        gold = [self.label_id(v) for v in labels]
-        pred = [self.label_id(v) for v in predictions]
-        classes = list(range(self.num_classes))
-        return metrics_lib.compute_metrics(
-            self.metrics,
-            gold,
-            pred,
-            groups=groups,
-            metric_kwargs={"macro_f1": {"classes": classes}, "micro_f1": {"classes": classes}},
-        )
 
 
 _TASK_INFOS: dict[str, TaskInfo] = {}
@@ -428,35 +414,6 @@ class RecordsSource(seqio.DataSource):
         return ds
 
 
-# --------------------------------------------------------------------------- metrics (t2t)
-
-
-def _t2t_postprocess(info: TaskInfo) -> Callable:
-    def postprocess(output, example=None, is_target=False):
-        text = output.decode("utf-8") if isinstance(output, bytes) else str(output)
-        if is_target and info.group_field is not None and example is not None:
-            return {"label": text, info.group_field: int(example[info.group_field])}
-        return text
-
-    return postprocess
-
-
-def _t2t_metric_fn(info: TaskInfo) -> Callable:
-    def metric_fn(targets: Sequence, predictions: Sequence) -> dict[str, float]:
-        if info.kind == "regression":
-            gold = [labels_lib.parse_regression_text(t) for t in targets]
-            pred = [labels_lib.parse_regression_text(p) for p in predictions]
-            return metrics_lib.compute_metrics(info.metrics, gold, pred)
-        if info.group_field is not None:
-            labels = [t["label"] for t in targets]
-            groups = [t[info.group_field] for t in targets]
-            return info.compute_metrics(labels, predictions, groups=groups)
-        return info.compute_metrics(targets, predictions)
-
-    metric_fn.__name__ = f"{info.dataset}_metrics"
-    return metric_fn
-
-
 # --------------------------------------------------------------------------- registration
 
 
@@ -494,14 +451,12 @@ def _preprocessors(info: TaskInfo) -> list[Callable]:
 
 
 def _make_task(info: TaskInfo) -> seqio.Task:
-    t2t_classification = info.format == "t2t" and info.kind in ("classification", "regression")
+    # Scoring lives in mtl_jax.evaluation (score_task), which the data layer does not import.
     return seqio.Task(
         info.name,
         source=RecordsSource(info.name, info.splits),
         output_features=output_features(info),
         preprocessors=_preprocessors(info),
-        postprocess_fn=_t2t_postprocess(info) if t2t_classification else None,
-        metric_fns=[_t2t_metric_fn(info)] if t2t_classification else [],
     )
 
 

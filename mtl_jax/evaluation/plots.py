@@ -1,7 +1,8 @@
 """Validation curves per task from the run's ``metrics.jsonl``.
 
 Record format (one JSON object per line of ``MODEL_DIR/metrics.jsonl``; the trainer appends them,
-scripts read them). Evaluation records, made by :func:`eval_record`::
+scripts read them). Evaluation records, made by
+:func:`mtl_jax.training.run_log.eval_record` and read by its ``read_jsonl``::
 
     {"step": 200, "kind": "eval", "split": "validation", "task": "xnli", "language": "de",
      "metric": "accuracy", "value": 0.71}
@@ -25,7 +26,6 @@ switch), so they work headless and never disturb an interactive session.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -34,53 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from mtl_jax.evaluation.tables import Results, write_atomic
+from mtl_jax.training.run_log import EVAL_KEYS, EVAL_KIND, eval_record  # noqa: F401
+from mtl_jax.training.run_log import read_jsonl as read_records  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-EVAL_KIND = "eval"
-EVAL_KEYS = ("step", "split", "task", "language", "metric", "value")
 LINE_MODES = ("languages", "average", "both")
-
-
-def eval_record(
-    step: int, task: str, language: str, metric: str, value: float, split: str = "validation"
-) -> dict[str, Any]:
-    """One evaluation record in the documented ``metrics.jsonl`` format."""
-    return {
-        "step": int(step),
-        "kind": EVAL_KIND,
-        "split": split,
-        "task": task,
-        "language": language,
-        "metric": metric,
-        "value": float(value),
-    }
-
-
-def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file; a truncated final line is dropped, others raise."""
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):
-                # The writer died mid-line; everything before it is complete.
-                log.warning("%s:%d: dropping a torn last line (a run killed mid-write): %.80r",
-                            path, number, line)
-                break
-            raise ValueError(
-                f"{path}:{number}: not a JSON record ({e}); only a torn LAST line is dropped, "
-                "this one is followed by others: fix or remove it by hand"
-            ) from e
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: a record must be a JSON object, got {record!r}")
-        records.append(record)
-    return records
 
 
 def _eval_points(

@@ -30,13 +30,13 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from mtl_jax.models import lora
-from mtl_jax.models.t5 import T5Config, T5Model
-from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
+from mtl_jax.models.families import get_family
+from mtl_jax.models.t5 import T5Config
+from mtl_jax.models.xlmr import XLMRConfig
 
 RECORD_NAME = "mtl_jax_model.json"
 PARAMS_DIR = "params"
 FORMAT_VERSION = 1
-FAMILIES: dict[str, tuple[type, type]] = {"t5": (T5Config, T5Model), "xlmr": (XLMRConfig, XLMRMultiTask)}
 
 ModelConfig = T5Config | XLMRConfig
 
@@ -48,8 +48,7 @@ class Converted(NamedTuple):
 
 
 def check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
+    get_family(family)  # raises for an unknown name (models/families.py is the one registry)
 
 
 def config_to_json(config: ModelConfig) -> dict[str, Any]:
@@ -61,8 +60,7 @@ def config_from_fields(family: str, fields: Mapping[str, Any], where: str = "con
                        **overrides: Any) -> ModelConfig:
     """A ``T5Config``/``XLMRConfig`` from stored fields; unknown fields are an error, missing ones
     take the class defaults (training records drop dtype and dropout fields on purpose)."""
-    check_family(family)
-    cls = FAMILIES[family][0]
+    cls = get_family(family).config_cls
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -72,8 +70,7 @@ def config_from_fields(family: str, fields: Mapping[str, Any], where: str = "con
 
 def abstract_model(family: str, config: ModelConfig) -> nnx.Module:
     """The model's structure with ShapeDtypeStruct parameters (nothing allocated or initialised)."""
-    check_family(family)
-    model_cls = FAMILIES[family][1]
+    model_cls = get_family(family).model_cls
     return nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0)))
 
 

@@ -368,3 +368,114 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a training run's parameters (evaluate, predict, convert): one lookup, one step rule
+# ------------------------------------------------------------------------------------------------
+
+
+class CheckpointLookupError(ValueError):
+    """No checkpoint where one was named, or no step of the kind asked for (the message lists
+    what is there)."""
+
+
+def locate_checkpoints(path: str | Path) -> tuple[Path, int | None]:
+    """``(checkpoints folder, step or None)`` for a training MODEL_DIR, its ``checkpoints/``
+    folder or one ``checkpoints/<step>/`` folder (then the step is that folder's)."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        return path / "checkpoints", None
+    if path.is_dir() and path.name.isdigit() and (path / STATE).is_dir():
+        return path.parent, int(path.name)
+    if path.is_dir() and any(p.is_dir() and p.name.isdigit() for p in path.iterdir()):
+        return path, None
+    raise CheckpointLookupError(
+        f"{path} is not a training run: expected MODEL_DIR (with checkpoints/<step>/), a "
+        "checkpoints/ folder or one checkpoints/<step>/ folder"
+    )
+
+
+def choose_step(all_steps: list[int], best: int | None, latest: int | None,
+                requested: str | int | None, where: Path | str) -> int:
+    """The step to read: ``requested`` (a number, ``"best"`` or ``"latest"``), or by default the
+    best-scored step, else the latest. A missing step or an unscored ``best`` is an error that
+    lists the available steps."""
+    if not all_steps:
+        raise CheckpointLookupError(f"no checkpoints in {where}")
+    listing = (f"available steps: {', '.join(map(str, all_steps))} (best: "
+               f"{best if best is not None else 'none scored'}, latest: {latest})")
+    if requested is None:
+        return best if best is not None else int(latest if latest is not None else all_steps[-1])
+    if requested == "latest":
+        return int(latest if latest is not None else all_steps[-1])
+    if requested == "best":
+        if best is None:
+            raise CheckpointLookupError(f"no step in {where} has a model-selection score, so there "
+                                        f"is no best step; {listing}")
+        return best
+    try:
+        step = int(requested)
+    except ValueError:
+        raise CheckpointLookupError(
+            f"--step must be an integer, 'best' or 'latest', got {requested!r}") from None
+    if step not in all_steps:
+        raise CheckpointLookupError(f"step {step} is not in {where}; {listing}")
+    return step
+
+
+class RunCheckpoint:
+    """One step of a training run, opened read-only for its parameters (no optimizer state, no
+    data-iterator state is read). ``config`` is the run config stored with the step (its
+    ``["model"]`` record names the family, heads and architecture)."""
+
+    def __init__(self, path: str | Path, step: str | int | None = None) -> None:
+        self.directory, hinted = locate_checkpoints(path)
+        options = ocp.CheckpointManagerOptions(read_only=True, best_fn=_ranking, best_mode="max")
+        self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options,
+                                              item_names=(STATE, DATA, CONFIG))
+        try:
+            self.step = choose_step(sorted(self._manager.all_steps()), self._manager.best_step(),
+                                    self._manager.latest_step(),
+                                    hinted if hinted is not None else step, self.directory)
+            self.config: dict[str, Any] = dict(self._manager.restore(
+                self.step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG] or {})
+        except BaseException:
+            self._manager.close()
+            raise
+
+    @property
+    def model_record(self) -> dict[str, Any]:
+        return dict(self.config.get("model") or {})
+
+    @property
+    def where(self) -> Path:
+        return self.directory / str(self.step)
+
+    def restore(self, target: dict[str, Any]) -> dict[str, Any]:
+        """The subtrees of the stored ``TrainState`` named in ``target`` (e.g. ``{"params": ...}``
+        or ``{"params": ..., "rest": ...}``). Leaves that are ShapeDtypeStructs with a sharding
+        are restored onto it (each process reads its shards); others come back as NumPy."""
+
+        def args(leaf: Any) -> Any:
+            sharding = getattr(leaf, "sharding", None)
+            if sharding is not None:
+                return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=leaf.shape,
+                                            dtype=leaf.dtype)
+            import numpy as np
+
+            return ocp.RestoreArgs(restore_type=np.ndarray)
+
+        restore_args = jax.tree.map(args, target)
+        return self._manager.restore(self.step, args=ocp.args.Composite(**{
+            STATE: ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                          partial_restore=True)}))[STATE]
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> RunCheckpoint:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -185,7 +185,7 @@ def model_flops(config: Any, batch_size: int, inputs_length: int, targets_length
 # Dense (no 2:4 sparsity) bf16/fp16 tensor-core rate per chip from the vendors' data sheets, keyed
 # by a substring of ``jax.Device.device_kind`` (first match wins, so specific names come first).
 # MFU divides by these spec numbers, as PaLM, MaxText and T5X/Rosetta do, so the results compare
-# with their published MFU. On an H100/H200 a plain bf16 matmul measures ~790-800e12 (DESIGN.md),
+# with their published MFU. On an H100/H200 a plain bf16 matmul measures ~790-800e12 (measured),
 # about 80% of the spec: an MFU of 0.40 is ~0.50 of what a matmul alone reaches there.
 _PEAK_BF16: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),

@@ -1,6 +1,7 @@
 """Where a run's numbers go: ``MODEL_DIR/metrics.jsonl`` for scripts, TensorBoard for people.
 
-Only process 0 writes. On resume the JSONL file is cut back to the restored step (atomically), so a
+The record format is documented in ``mtl_jax.evaluation.plots``. Only process 0 writes. On
+resume the JSONL file is cut back to the restored step (atomically), so a
 run that was killed and restarted ends with exactly the lines an uninterrupted run writes; a run
 that starts with no checkpoint cuts it back to step 0 (it redoes everything that was logged). A
 torn last line (killed mid-write) is dropped then, with a warning.
@@ -9,6 +10,7 @@ torn last line (killed mid-write) is dropped then, with a warning.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -17,9 +19,52 @@ from typing import Any
 
 import jax
 
-from mtl_jax.evaluation import plots
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+EVAL_KIND = "eval"
+EVAL_KEYS = ("step", "split", "task", "language", "metric", "value")
+
+
+def eval_record(
+    step: int, task: str, language: str, metric: str, value: float, split: str = "validation"
+) -> dict[str, Any]:
+    """One evaluation record in the documented ``metrics.jsonl`` format."""
+    return {
+        "step": int(step),
+        "kind": EVAL_KIND,
+        "split": split,
+        "task": task,
+        "language": language,
+        "metric": metric,
+        "value": float(value),
+    }
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` file; a truncated final line is dropped, others raise."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                # The writer died mid-line; everything before it is complete.
+                log.warning("%s:%d: dropping a torn last line (a run killed mid-write): %.80r",
+                            path, number, line)
+                break
+            raise ValueError(
+                f"{path}:{number}: not a JSON record ({e}); only a torn LAST line is dropped, "
+                "this one is followed by others: fix or remove it by hand"
+            ) from e
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: a record must be a JSON object, got {record!r}")
+        records.append(record)
+    return records
 
 
 def _is_writer() -> bool:
@@ -29,7 +74,7 @@ def _is_writer() -> bool:
 def read_records(model_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``MODEL_DIR/metrics.jsonl`` (none if it does not exist yet)."""
     path = Path(model_dir) / METRICS_FILE
-    return plots.read_records(path) if path.is_file() else []
+    return read_jsonl(path) if path.is_file() else []
 
 
 class RunLog:
@@ -96,7 +141,7 @@ def _plain(value: Any) -> Any:
 def _scalars(record: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
     kind = record.get("kind", "train")
     if kind == "eval":
-        # One record per (task, language, metric), see evaluation/plots.py.
+        # One record per (task, language, metric), see eval_record.
         if isinstance(record.get("value"), int | float):
             yield (
                 f"eval/{record.get('task')}/{record.get('language')}/{record.get('metric')}",
