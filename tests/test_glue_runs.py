@@ -1,14 +1,10 @@
 """GLUE and CS224N mixtures end to end on their bundled samples: a tiny XLM-R on ``glue_cls``
 (STS-B as a 1-output regression head) and a tiny mT5 on ``cs224n_t2t`` (STS as 0.2-grid target
 text), each trained a few steps, evaluated, and reported per dataset.
-
-Regression tasks need the evaluation layer in ``mtl_jax/evaluation`` (Evaluator with regression
-scoring); until it is present these runs are skipped.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -16,11 +12,7 @@ import pytest
 
 from mtl_jax import train as train_cli
 
-pytestmark = [
-    pytest.mark.usefixtures("fast_compiles"),
-    pytest.mark.skipif(importlib.util.find_spec("mtl_jax.evaluation.evaluator") is None,
-                       reason="needs the evaluation layer that scores regression tasks"),
-]
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 COMMON = [
     "TrainConfig.num_steps=2", "TrainConfig.eval_every=2", "TrainConfig.batch_size=8",
