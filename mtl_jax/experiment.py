@@ -62,6 +62,34 @@ def task_format(family: str) -> str:
     return get_family(family).task_format
 
 
+def configure_datasets(cfg: TrainConfig) -> None:
+    """Register the run's own datasets and mixtures (``TrainConfig.dataset_modules``,
+    ``datasets``, ``mixtures``) before its sources, tasks and mixture are resolved."""
+    from mtl_jax.data import declarations
+
+    try:
+        declarations.apply(cfg.dataset_modules, cfg.datasets, cfg.mixtures)
+    except declarations.DeclarationError as e:
+        raise ConfigError(f"TrainConfig.{e}") from e
+
+
+def check_evaluation_data(cfg: TrainConfig, layout: TaskLayout) -> None:
+    """Read every evaluation file of the run's local sources now, so a missing file, column or
+    an undeclared label stops the run before training (the bundled samples are known good)."""
+    from mtl_jax.data import sources
+
+    for name in layout.eval_tasks:
+        info = tasks.task_info(name)
+        if cfg.eval_split not in info.splits:
+            continue
+        if sources.get_source(info.source_dataset).kind != "local":
+            continue
+        try:
+            tasks.source_examples(name, cfg.eval_split)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"evaluation task {name!r}: {e}") from e
+
+
 def configure_sources(cfg: TrainConfig) -> None:
     """Apply ``TrainConfig.sources``; a local path that does not exist fails here, before any
     file of the run is written."""
@@ -126,7 +154,8 @@ def task_layout(cfg: TrainConfig, training: bool = True) -> TaskLayout:
         t = tasks.task_info(name)
         if t.head not in heads:
             heads.append(t.head)
-            labels.append(t.num_classes if t.kind == "classification" else 0)
+            # A regression task is a 1-output head (MSE); span corruption has no label head.
+            labels.append({"classification": t.num_classes, "regression": 1}.get(t.kind, 0))
     return TaskLayout(tuple(info.tasks), tuple(info.evaluation_tasks), tuple(heads), tuple(labels))
 
 
@@ -195,7 +224,7 @@ def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Seq
         return EncDecConverter(layout.heads, pack=pack, passthrough=tuple(passthrough))
     return ClassificationConverter(
         layout.heads, bos_id=0, pad_id=vocab.pad_id, eos_id=vocab.eos_id,
-        passthrough=tuple(passthrough),
+        passthrough=tuple(passthrough), regression=1 in layout.head_labels,
     )
 
 
@@ -463,9 +492,12 @@ def build(cfg: TrainConfig, training: bool = True) -> Experiment:
             f"TrainConfig.pretrained={cfg.pretrained!r} is not a directory: it must be a Hugging "
             "Face checkpoint directory (config.json + model.safetensors)"
         )
+    configure_datasets(cfg)
     configure_sources(cfg)
     vocab = configure_vocabulary(cfg)
     layout = task_layout(cfg, training)
+    if training:
+        check_evaluation_data(cfg, layout)
     config = model_config(cfg, layout, vocab.vocab_size)
     mesh = part.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
     rules = part.rules_by_name(cfg.rules)

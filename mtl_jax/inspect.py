@@ -5,6 +5,9 @@ source). ``NAME`` shows a task or mixture: member tasks with their normalised ra
 counts per split, token-length statistics against a sequence length (mean, p95, max, share that
 would be truncated), and decoded examples with their targets/labels. Everything is read from the
 configured sources (the bundled samples unless ``--source`` says otherwise), offline.
+Your own datasets and mixtures come in with ``--dataset_module MOD`` (a module that calls
+``register_dataset``) or ``--gin_file F`` (a run's ``TrainConfig.datasets`` / ``mixtures`` /
+``dataset_modules`` / ``sources``), as in ``python -m mtl_jax.train``.
 
 This module is a CLI edge: it never imports TensorFlow or seqio itself, only ``mtl_jax.data``.
 """
@@ -187,8 +190,8 @@ def _count(mixtures: Any, sources: Any, info: Any, split: str) -> int | str:
 
 def _decode_example(mixtures: Any, task: str, info: Any, ex: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("task", "language", "query_id"):
-        if key in ex:
+    for key in ("task", "language", info.group_field):
+        if key and key in ex:
             out[key] = _to_text(ex[key])
     if info.format == "t2t":
         out["inputs"] = mixtures.decode_ids(task, "inputs", ex["inputs"])
@@ -196,6 +199,9 @@ def _decode_example(mixtures: Any, task: str, info: Any, ex: Mapping[str, Any]) 
     else:
         out["text"] = mixtures.decode_ids(task, "text", ex["text"])
         out["text_pair"] = mixtures.decode_ids(task, "text_pair", ex.get("text_pair", []))
+        if info.kind == "regression":
+            out["score"] = float(_to_text(ex["label"]))
+            return out
         label = int(_to_text(ex["label"]))
         out["label"] = label
         if 0 <= label < len(info.label_names):
@@ -330,7 +336,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="read DATASET from SPEC: bundled, hub, hub:owner/name, or a local directory "
         "(repeatable)",
     )
+    p.add_argument("--dataset_module", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it registers datasets/mixtures; repeatable)")
+    p.add_argument("--gin_file", action="append", default=[],
+                   help="a run's gin file: its TrainConfig.dataset_modules, datasets, mixtures and "
+                   "sources are applied (repeatable)")
+    p.add_argument("--gin_param", action="append", default=[], help="binding NAME=VALUE")
     return p
+
+
+def apply_declarations(args: argparse.Namespace) -> dict[str, str]:
+    """Register the datasets/mixtures named by --dataset_module / --gin_file; the gin run's
+    ``TrainConfig.sources`` (to be set after registration)."""
+    from mtl_jax.data import declarations
+
+    modules, datasets, mixtures_, run_sources = list(args.dataset_module), [], [], {}
+    if args.gin_file:
+        from mtl_jax import configurables, gin_config
+
+        gin_config.parse(args.gin_file, args.gin_param)
+        cfg = configurables.train_config()
+        modules += list(cfg.dataset_modules)
+        datasets, mixtures_, run_sources = list(cfg.datasets), list(cfg.mixtures), cfg.sources
+    declarations.apply(modules, datasets, mixtures_)
+    return dict(run_sources)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -345,6 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     _, sources, _ = _data()
+    try:
+        run_sources = apply_declarations(args)
+        for dataset, spec in run_sources.items():
+            sources.set_source(dataset, spec)
+    except (ValueError, KeyError) as e:
+        parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
     for item in args.source:
         dataset, sep, spec = item.partition("=")
         if not sep:
@@ -374,5 +409,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _main_for_pipes() -> int:
+    """``main()``; a reader that stops early (``| grep -q``, ``| head``) is not an error."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_for_pipes())

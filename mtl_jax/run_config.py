@@ -26,6 +26,15 @@ class TrainConfig:
     require_pretrained: bool = False  # recipes that make no sense from scratch set this
     vocabulary: str | None = None  # spm file or HF directory; None = pretrained dir, else the demo one
     mixture: str = "demo_t2t"
+    # Your own datasets and mixtures (docs/datasets.md), registered before anything else of the
+    # run: Python modules to import (they call mtl_jax.data.registry.register_dataset), dataset
+    # declarations as plain dicts (the keywords of mtl_jax.data.registry.declare: name, format,
+    # files, data_dir, columns, text, text_pair, label, label_names | regression, metrics, ...),
+    # and mixture declarations {"name": ..., "tasks": [task or mixture names], "rule": ...}.
+    # `mixture` may name any registered mixture, declared ones included.
+    dataset_modules: tuple[str, ...] = ()
+    datasets: tuple[dict[str, Any], ...] = ()
+    mixtures: tuple[dict[str, Any], ...] = ()
     # Where each dataset is read from: {"xnli": "/data/xnli", "nc": "hub", ...}; datasets not
     # named use the bundled samples (see mtl_jax.data.sources).
     sources: dict[str, str] = dataclasses.field(default_factory=dict)

@@ -38,3 +38,18 @@ def fast_compiles():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture
+def clean_registry():
+    """Datasets and mixtures a test registers are removed afterwards, sources reset."""
+    from mtl_jax.data import mixtures, registry, sources
+
+    before_datasets = set(registry.dataset_names())
+    before_mixtures = set(mixtures.mixture_names())
+    yield
+    for name in set(registry.dataset_names()) - before_datasets:
+        registry.unregister_dataset(name)
+    for name in set(mixtures.mixture_names()) - before_mixtures:
+        mixtures.remove_mixture(name)
+    sources.reset_sources()

@@ -213,6 +213,7 @@ def test_registry_and_compute_metrics():
         "accuracy",
         "macro_f1",
         "micro_f1",
+        "f1",
         "mcc",
         "pearson",
         "spearman",

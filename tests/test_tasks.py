@@ -87,7 +87,9 @@ def _dataset_of(name: str) -> str:
 
 
 def test_inventory_matches_the_table():
-    infos = {i.name: i for i in tasks.all_task_infos()}
+    # GLUE and CS224N are declared like user datasets and have their own tests.
+    infos = {i.name: i for i in tasks.all_task_infos()
+             if not i.dataset.startswith(("glue_", "cs224n_"))}
     assert {n: i.splits for n, i in infos.items()} == EXPECTED
     registered = set(seqio.TaskRegistry.names())
     assert set(EXPECTED) <= registered

@@ -3,10 +3,12 @@
 Every dataset and language of the data table gets small train/validation/test files laid out as
 the original releases are (XTREME TSVs for XNLI/PAWS-X dev/test, XNLI-MT 1.0 train files for all 15
 XNLI languages so XNLI_mix works, the XGLUE ``xglue_full_dataset`` tree for NC/QADSM/QAM/WPR, the
-CTKFacts NLI ``{split}.jsonl`` files, allenai/c4 ``multilingual`` shards for mC4), so the bundled
-source is read by exactly the code that reads a user's local copy. The text and the learnable
-label rules come from ``tools/sample_text.py``; output is deterministic (fixed seeds, byte-stable
-gzip) and kept under 5 MB.
+CTKFacts NLI ``{split}.jsonl`` files, allenai/c4 ``multilingual`` shards for mC4, the GLUE task
+folders ``download_glue_data.py`` writes, the CS224N minBERT ``data/`` CSVs), so the bundled source
+is read by exactly the code that reads a user's local copy. The text and the learnable label
+rules come from ``tools/sample_text.py`` and (English GLUE/CS224N rows) ``tools/sample_glue.py``,
+the GLUE/CS224N file layouts from ``tools/glue_layouts.py``; output is deterministic (fixed seeds,
+byte-stable gzip) and kept under 5.5 MB.
 
     python tools/make_samples.py            # (re)write mtl_jax/data/assets/samples
     python tools/make_samples.py --check    # regenerate in a temp dir and compare byte for byte
@@ -30,11 +32,20 @@ sys.path.insert(0, str(REPO / "tools"))
 from mtl_jax.data import formats, sources  # noqa: E402
 
 SEED = 20240531
-MAX_TOTAL_BYTES = 5 * 1024 * 1024
+# The multilingual samples were sized to 5 MiB; GLUE and CS224N add ~0.3 MiB.
+MAX_TOTAL_BYTES = 5 * 1024 * 1024 + 512 * 1024
 # Rows per file: enough for a small model to pick up the label rules, small enough to commit.
 ROWS = {"train": 1200, "validation": 200, "test": 80}
 XNLI_MIX_TRAIN_ROWS = 900  # per translated XNLI-MT train file (15 languages; en = XNLI train)
 MC4_DOCS = {"train": 60, "validation": 12}
+# GLUE and CS224N: enough rows that every class is in every labelled split, far fewer than the
+# multilingual tasks (their samples exist to exercise the layouts, not to train on).
+GLUE_ROWS = {"train": 48, "dev": 24, "test": 8}
+CS224N_ROWS = {
+    "sst": {"train": 60, "dev": 30, "test-student": 10},
+    "quora": {"train": 48, "dev": 24, "test-student": 8},
+    "sts": {"train": 48, "dev": 24, "test-student": 8},
+}
 
 _FILE_SPLIT = {"train": "train", "validation": "dev", "test": "test"}
 
@@ -95,14 +106,31 @@ def _write_mc4(root: Path) -> None:
             )
 
 
+def _write_glue(root: Path) -> None:
+    import glue_layouts
+    import sample_glue
+    from sample_lexicons.glue_en import POS
+
+    glue_layouts.write_glue(root, sample_glue.records, GLUE_ROWS, _seed, POS)
+
+
+def _write_cs224n(root: Path) -> None:
+    import glue_layouts
+    import sample_glue
+
+    glue_layouts.write_cs224n(root, sample_glue.records, CS224N_ROWS, _seed)
+
+
 WRITERS: dict[str, Callable[[Path], None]] = {
     "xnli": _write_xnli,
     "pawsx": _write_pawsx,
     "xglue_full_dataset": _write_xglue,
     "ctkfacts": _write_ctkfacts,
     "mc4": _write_mc4,
+    "glue": _write_glue,
+    "cs224n": _write_cs224n,
 }
-assert set(WRITERS) == set(sources.BUNDLED_SUBDIRS.values())
+assert set(sources.BUNDLED_SUBDIRS.values()) <= set(WRITERS)
 
 
 def write_samples(out_dir: Path) -> int:

@@ -23,6 +23,7 @@ from mtl_jax import features as F
 TASK_FEATURE = "task"
 
 
+
 def task_id_map(heads: Sequence[str]) -> dict[str, int]:
     """Head name -> task id (its index in the run's head list)."""
     heads = list(heads)
@@ -360,7 +361,10 @@ class ClassificationConverter:
     empty) cut longest-first to ``sequence_length['inputs']``, padded with ``pad_id``;
     ``attention_mask`` 1 on real tokens; ``token_type_ids`` zeros; ``labels``; ``task_id``.
     Special ids default to XLM-R's (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2). Empty rows have
-    attention mask 0, label -1 and task id 0.
+    attention mask 0, label -1 and task id 0. A regression example's ``label`` is a float score:
+    with ``regression`` (a run with a regression task) the batch holds ``regression_targets``
+    (float32: those scores, 0 elsewhere); such rows have ``labels`` -1 (without ``regression``,
+    e.g. when only predicting, the score is not put in the batch).
     """
 
     heads: tuple[str, ...]
@@ -368,6 +372,7 @@ class ClassificationConverter:
     pad_id: int = 1
     eos_id: int = 2
     passthrough: tuple[str, ...] = ()
+    regression: bool = False
     pack: bool = dataclasses.field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -381,6 +386,7 @@ class ClassificationConverter:
             "heads": list(self.heads),
             "special_ids": [self.bos_id, self.pad_id, self.eos_id],
             "passthrough": list(self.passthrough),
+            **({"regression": True} if self.regression else {}),
         }
 
     def builder(self, batch_size: int, sequence_length: Mapping[str, int]) -> _ClsBuilder:
@@ -409,6 +415,7 @@ class _ClsBuilder:
         self._labels = np.full([batch_size], -1, np.int32)
         self._task = np.zeros([batch_size], np.int32)
         self._extra = {k: np.full([batch_size], -1, np.int32) for k in conv.passthrough}
+        self._scores = np.zeros([batch_size], np.float32) if conv.regression else None
         self._n = 0
 
     @property
@@ -433,7 +440,13 @@ class _ClsBuilder:
         r = self._n
         self._ids[r, : len(ids)] = ids
         self._mask[r, : len(ids)] = 1
-        self._labels[r] = int(np.asarray(example["label"]))
+        label = np.asarray(example["label"])
+        if label.dtype.kind == "f":  # a regression score: no class id
+            if self._scores is not None:
+                self._scores[r] = float(label)
+            self._labels[r] = -1
+        else:
+            self._labels[r] = int(label)
         self._task[r] = tid
         for k, v in extras.items():
             self._extra[k][r] = v
@@ -447,5 +460,6 @@ class _ClsBuilder:
             F.TOKEN_TYPE_IDS: np.zeros_like(self._ids),
             F.LABELS: self._labels,
             F.TASK_ID: self._task,
+            **({F.REGRESSION_TARGETS: self._scores} if self._scores is not None else {}),
             **self._extra,
         }

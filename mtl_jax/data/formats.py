@@ -44,7 +44,7 @@ import io
 import json
 import logging
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,7 +132,10 @@ class ReadStats:
 
 
 class _RowError(Exception):
-    """Internal: a malformed row; turned into DataFormatError or a skip by ``_guard``."""
+    """A malformed row; turned into DataFormatError or a skip by ``_guard``."""
+
+
+RowError = _RowError  # public name: row converters of declared datasets raise it
 
 
 def _check_on_bad_row(on_bad_row: str) -> None:
@@ -615,6 +618,164 @@ def read_xglue_tsv(
 
     lines = _lines(path, where=where, what=what)
     yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
+
+
+# --------------------------------------------------------------------------- declared tables
+
+
+def _csv_rows(path: Path, delimiter: str, *, where: str) -> Iterator[tuple[int, list[str] | _RowError]]:
+    """(line number, fields) of a CSV file with quoting; a bad line is a ``_RowError`` value."""
+    import csv
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataFormatError(
+            f"{where}: {path}, row {line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); "
+            "expected UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    line = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield reader.line_num, _RowError(f"not valid CSV ({e})")
+            line = reader.line_num + 1
+            continue
+        if fields and any(v.strip() for v in fields):
+            yield line, fields
+        line = reader.line_num + 1
+
+
+def _tsv_rows(path: Path, *, where: str, what: str) -> Iterator[tuple[int, list[str] | _RowError]]:
+    for line_no, raw in _lines(path, where=where, what=what):
+        try:
+            yield line_no, _tsv_fields(raw)
+        except _RowError as e:
+            yield line_no, e
+
+
+def _columns_error(where: str, path: Path, columns: Mapping[str, str | int], header: Sequence[str]
+                   ) -> DataFormatError:
+    missing = {f: c for f, c in columns.items() if isinstance(c, str) and c not in header}
+    parts = [f"field {f!r} needs column {c!r}" for f, c in missing.items()]
+    return DataFormatError(
+        f"{where}: {path}, row 1 (header): {'; '.join(parts)}, which the file does not have; "
+        f"its columns: {list(header)}")
+
+
+def read_table(
+    path: Path,
+    fmt: str,
+    columns: Mapping[str, str | int],
+    *,
+    where: str,
+    header: bool = True,
+    delimiter: str | None = None,
+    convert: Callable[[dict], dict] | None = None,
+    on_bad_row: OnBadRow = "error",
+    stats: ReadStats | None = None,
+) -> Iterator[dict]:
+    """Rows of a declared CSV / TSV / JSON Lines / Parquet file as ``{field: value}`` dicts.
+
+    ``columns`` maps each field to its column: a header name, or a 0-based index (files without
+    a header). A named column missing from the header (CSV/TSV) or the schema (Parquet) is a
+    whole-file error naming the field and the column; in JSON Lines, where each row has its own
+    keys, it is a bad row. ``convert`` checks and finishes each row (raising :data:`RowError`).
+    """
+    path = Path(path)
+    fields = ", ".join(f"{f} <- {c!r}" for f, c in columns.items())
+    what = f"a {fmt} file with columns for {fields}"
+    _require_file(path, where, what)
+    finish = convert or (lambda row: row)
+
+    def pick(values: Sequence, index: Mapping[str, int]) -> dict:
+        need = max(index.values(), default=-1) + 1
+        if len(values) < need:
+            raise _RowError(f"got {len(values)} column(s); expected at least {need} ({fields})")
+        return finish({f: values[i] for f, i in index.items()})
+
+    if fmt in ("csv", "tsv"):
+        if fmt == "csv":
+            rows = _csv_rows(path, delimiter or ",", where=where)
+        else:
+            rows = _tsv_rows(path, where=where, what=what)
+        index: dict[str, int] = {}
+        first = True
+
+        def gen() -> Iterator[tuple[int, Callable[[], dict | None]]]:
+            nonlocal first, index
+            seen = 0
+            for line_no, values in rows:
+                seen += 1
+                if isinstance(values, _RowError):
+                    def bad(e=values):
+                        raise e
+                    yield line_no, bad
+                    continue
+                if first and header:
+                    first = False
+                    names = [v.strip() for v in values]
+                    if any(isinstance(c, str) and c not in names for c in columns.values()):
+                        raise _columns_error(where, path, columns, names)
+                    index = {f: (names.index(c) if isinstance(c, str) else int(c))
+                             for f, c in columns.items()}
+                    continue
+                if first:
+                    first = False
+                    index = {f: int(c) for f, c in columns.items()}
+                yield line_no, functools.partial(pick, values, index)
+            if seen == 0:
+                raise DataFormatError(f"{where}: {path} is empty (expected {what})")
+            if header and seen == 1:
+                raise DataFormatError(
+                    f"{where}: {path} has a header but no rows (expected rows after the header)")
+
+        stats = stats if stats is not None else ReadStats(str(path))
+        yield from _guard(gen(), where=where, path=path, on_bad_row=on_bad_row, stats=stats)
+        _log_stats(stats, where)
+        return
+    if fmt == "jsonl":
+        def parse(raw: bytes) -> dict | None:
+            obj = _json_object(raw)
+            missing = {f: c for f, c in columns.items() if c not in obj}
+            if missing:
+                raise _RowError("missing key(s) " + ", ".join(
+                    f"{c!r} (field {f!r})" for f, c in missing.items()) + f"; keys: {sorted(obj)}")
+            return finish({f: obj[c] for f, c in columns.items()})
+
+        lines = _lines(path, where=where, what=what)
+        yield from _read_rows(lines, parse, where=where, path=path, on_bad_row=on_bad_row,
+                              stats=stats)
+        return
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+            raise DataFormatError(f"{where}: {path}: not a readable Parquet file ({e})") from None
+        names = table.column_names
+        if any(isinstance(c, str) and c not in names for c in columns.values()):
+            raise _columns_error(where, path, columns, names)
+        if table.num_rows == 0:
+            raise DataFormatError(f"{where}: {path} has no rows (expected {what})")
+        picked = {f: table.column(c if isinstance(c, str) else names[int(c)]).to_pylist()
+                  for f, c in columns.items()}
+        rows_ = ((i + 1, functools.partial(finish, {f: v[i] for f, v in picked.items()}))
+                 for i in range(table.num_rows))
+        stats = stats if stats is not None else ReadStats(str(path))
+        yield from _guard(rows_, where=where, path=path, on_bad_row=on_bad_row, stats=stats)
+        _log_stats(stats, where)
+        return
+    raise ValueError(f"{where}: unknown file format {fmt!r}; expected csv, tsv, jsonl or parquet")
 
 
 # --------------------------------------------------------------------------- CTKFacts

@@ -17,6 +17,8 @@ Built-in mixtures (``{fmt}`` is ``t2t`` for mT5 or ``cls`` for XLM-R):
 | ``xglue_mix_mc4_t2t`` | ``xglue_mix_t2t`` + the 20 mC4 languages (the thesis's final mT5 setup) | XGLUE part scaled to 99 %; mC4 a fixed 1 % split equally |
 | ``ctkfacts_{fmt}`` | ``ctkfacts_nli_{fmt}_cs`` + ``ctkfacts_xnli_{fmt}_cs`` (both CTKFacts formulations) | equal |
 | ``demo_{fmt}`` | ``xnli_mix_{fmt}`` + the five other XGLUE English train tasks + ``ctkfacts_nli_{fmt}_cs``, on the default (bundled) sources | equal |
+| ``glue_{fmt}`` | the nine GLUE train tasks (``glue_cola`` ... ``glue_wnli``); evaluated also on ``glue_mnli_mm`` | examples-proportional, cap K = 2^17 |
+| ``cs224n_{fmt}`` | ``cs224n_sst``, ``cs224n_quora``, ``cs224n_sts`` | examples-proportional |
 
 Why these defaults: K = 2^17 (131,072) caps XNLI's 392,702 English training pairs to about 1.3x
 the 100k of each XGLUE task, so the largest task cannot dominate (T5 sec. 3.5.2 found
@@ -40,12 +42,16 @@ import seqio
 
 from mtl_jax.data import rates as rate_rules
 from mtl_jax.data import sources, tasks
+from mtl_jax.data import tasks as tasks_lib
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("t2t", "cls")
 XGLUE_DATASETS = ("xnli", "pawsx", "nc", "qadsm", "qam", "wpr")
 CTKFACTS_DATASETS = ("ctkfacts_nli", "ctkfacts_xnli")
+GLUE_DATASETS = ("glue_cola", "glue_sst2", "glue_mrpc", "glue_qqp", "glue_stsb", "glue_mnli",
+                 "glue_qnli", "glue_rte", "glue_wnli")
+CS224N_DATASETS = ("cs224n_sst", "cs224n_quora", "cs224n_sts")
 XGLUE_CAP = 2**17
 MC4_TOTAL_SHARE = 0.05
 MC4_THESIS_SHARE = 0.01  # the thesis's final mT5 setup mixes span corruption at 1 %
@@ -198,6 +204,12 @@ def register_mixture(
     return mixture
 
 
+def remove_mixture(name: str) -> None:
+    """Forget a registered mixture (tests; re-registering a name replaces it anyway)."""
+    _SPECS.pop(name, None)
+    seqio.MixtureRegistry.remove(name)
+
+
 def mixture_names() -> list[str]:
     """Mixtures registered through this module, in registration order."""
     return list(_SPECS)
@@ -230,6 +242,46 @@ def mixture_info(name: str, split: str = TRAIN_SPLIT) -> MixtureInfo:
         evaluation_tasks=spec.evaluation_tasks,
         description=spec.description,
     )
+
+
+def declare_mixture(
+    name: str,
+    tasks: Sequence[str],
+    rule: str = "examples_proportional",
+    *,
+    evaluation_tasks: Sequence[str] | None = None,
+    description: str = "",
+    **rule_kwargs: Any,
+) -> str:
+    """Register a mixture from task AND mixture names (what a gin ``TrainConfig.mixtures`` entry
+    holds): a named mixture contributes its tasks (fixed shares included, as rule-weighted members)
+    and its evaluation tasks. Evaluation tasks default to those of the named mixtures plus every
+    per-language validation task of the named tasks' datasets. Returns ``name``."""
+    from mtl_jax.data import registry
+
+    members: list[str] = []
+    evaluation: list[str] = []
+    datasets: dict[str, list[str]] = {}
+    for item in tasks:
+        if item in _SPECS:
+            members += _SPECS[item].tasks
+            evaluation += _SPECS[item].evaluation_tasks
+            continue
+        try:
+            info = tasks_lib.task_info(item)
+        except KeyError:
+            raise KeyError(f"mixture {name!r}: {item!r} is neither a task nor a mixture (see "
+                           "python -m mtl_jax.inspect --list)") from None
+        members.append(item)
+        mix = registry.find_mix_task(info.dataset) if info.language == tasks_lib.MIX_LANGUAGE else None
+        datasets.setdefault(info.format, []).append(mix.name if mix else info.dataset)
+    if evaluation_tasks is None:
+        for fmt, names in datasets.items():
+            evaluation += _evaluation_tasks(names, fmt)
+        evaluation_tasks = list(dict.fromkeys(evaluation))
+    register_mixture(name, list(dict.fromkeys(members)), rule,
+                     evaluation_tasks=evaluation_tasks, description=description, **rule_kwargs)
+    return name
 
 
 # --- reading examples (for inspection) -----------------------------------------------------
@@ -332,7 +384,23 @@ def register_builtin_mixtures() -> list[str]:
             evaluation_tasks=_evaluation_tasks([*XGLUE_DATASETS, "ctkfacts_nli"], fmt),
             description="demo: XGLUE (XNLI_mix) + CTKFacts NLI on the bundled samples (default sources)",
         )
-        names += [f"xglue_{fmt}", f"xglue_mix_{fmt}", f"ctkfacts_{fmt}", f"demo_{fmt}"]
+        register_mixture(
+            f"glue_{fmt}",
+            [f"{ds}_{fmt}_en" for ds in GLUE_DATASETS],
+            "examples_proportional",
+            cap=XGLUE_CAP,
+            evaluation_tasks=_evaluation_tasks([*GLUE_DATASETS, "glue_mnli_mm"], fmt),
+            description="GLUE: nine English tasks (MNLI evaluated on matched and mismatched dev)",
+        )
+        register_mixture(
+            f"cs224n_{fmt}",
+            [f"{ds}_{fmt}_en" for ds in CS224N_DATASETS],
+            "examples_proportional",
+            evaluation_tasks=_evaluation_tasks(CS224N_DATASETS, fmt),
+            description="CS224N multitask: SST-5 sentiment, Quora paraphrase, SemEval STS",
+        )
+        names += [f"xglue_{fmt}", f"xglue_mix_{fmt}", f"ctkfacts_{fmt}", f"demo_{fmt}",
+                  f"glue_{fmt}", f"cs224n_{fmt}"]
     mc4 = sources.SPLIT_LANGUAGES["mc4"]["train"]
     register_mixture(
         "xglue_mc4_t2t",

@@ -54,6 +54,7 @@ def t2t_tokenize(
     prefix: str,
     fields: Sequence[str],
     label_names: Sequence[str],
+    target_feature: str | None = None,
 ) -> tf.data.Dataset:
     """``inputs`` = ``"{prefix}: {field}: {value} {field}: {value} ..."`` tokenized, ``targets`` =
     the label name tokenized (no EOS), both with ``*_pretokenized`` copies.
@@ -63,7 +64,8 @@ def t2t_tokenize(
     long one (CTKFacts' claim after its evidence, XNLI's hypothesis after the premise) keeps its
     tokens. Each piece is tokenized on its own; pieces meet at a space, which SentencePiece never
     merges across, so an untruncated ``inputs`` equals the tokenization of the joined text.
-    Without a sequence length (inspection, statistics) nothing is cut.
+    Without a sequence length (inspection, statistics) nothing is cut. ``target_feature``
+    names a string feature that is the target text instead of a label name (regression).
     """
     in_feature, out_feature = output_features["inputs"], output_features["targets"]
     heads = [f"{prefix}: {fields[0]}:"] + [f"{name}:" for name in fields[1:]]
@@ -72,7 +74,7 @@ def t2t_tokenize(
     budget = None
     if length is not None:
         budget = int(length) - int(in_feature.add_eos) - sum(len(h) for h in head_ids)
-    names = tf.constant(list(label_names), tf.string)
+    names = tf.constant(list(label_names) or [""], tf.string)
 
     @seqio.map_over_dataset
     def fn(ex):
@@ -88,7 +90,11 @@ def t2t_tokenize(
             text += [heads[i] + " ", ex[name], " "]
         out["inputs_pretokenized"] = tf.strings.join(text[:-1])
         out["inputs"] = tf.concat(pieces, 0)
-        out["targets_pretokenized"] = tf.gather(names, ex["label"])
+        if target_feature is not None:
+            out["targets_pretokenized"] = ex[target_feature]
+            out.pop(target_feature, None)
+        else:
+            out["targets_pretokenized"] = tf.gather(names, ex["label"])
         out["targets"] = tf.cast(out_feature.vocabulary.encode_tf(out["targets_pretokenized"]),
                                  tf.int32)
         return out

@@ -21,13 +21,14 @@ says ``on_bad_row="skip"``; skips are logged and counted (:func:`last_read_stats
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from mtl_jax.data import formats
+from mtl_jax.data import formats, registry
 from mtl_jax.data.formats import DataFormatError, OnBadRow, ReadStats
 
 log = logging.getLogger(__name__)
@@ -48,50 +49,42 @@ MC4_LANGUAGES = (
 
 
 def _eval_splits(train: Sequence[str], evaluation: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The usual table: training data in ``train`` languages, validation and test in ``evaluation``."""
     return {"train": tuple(train), "validation": tuple(evaluation), "test": tuple(evaluation)}
 
 
-SPLIT_LANGUAGES: dict[str, dict[str, tuple[str, ...]]] = {
-    "xnli": _eval_splits(["en"], XNLI_LANGUAGES),
-    "pawsx": _eval_splits(["en"], PAWSX_LANGUAGES),
-    "nc": _eval_splits(["en"], NC_LANGUAGES),
-    "qadsm": _eval_splits(["en"], QADSM_LANGUAGES),
-    "qam": _eval_splits(["en"], QAM_LANGUAGES),
-    "wpr": _eval_splits(["en"], WPR_LANGUAGES),
-    "ctkfacts_nli": _eval_splits(["cs"], ["cs"]),
-    "mc4": {"train": MC4_LANGUAGES, "validation": MC4_LANGUAGES},
-}
-"""dataset -> split -> the languages that split exists in (the data contract's table)."""
+def _source_specs() -> list[registry.DatasetSpec]:
+    return [s for s in registry.all_specs() if s.read_from is None]
 
-DATASETS = tuple(SPLIT_LANGUAGES)
-# Task-level names that read another dataset's source.
-DATASET_ALIASES = {"ctkfacts_xnli": "ctkfacts_nli", "xnli_mix": "xnli"}
 
-HUB_IDS: dict[str, str] = {
-    "xnli": "facebook/xnli",
-    "pawsx": "google-research-datasets/paws-x",
-    # microsoft/xglue on the hub is a loading script whose data URL is gone; this parquet copy
-    # keeps its configs and split names (train, validation.<lang>, test.<lang>).
-    "nc": "hgissbkh/xglue",
-    "qadsm": "hgissbkh/xglue",
-    "qam": "hgissbkh/xglue",
-    "wpr": "hgissbkh/xglue",
-    "ctkfacts_nli": "ctu-aic/ctkfacts_nli",
-    "mc4": "allenai/c4",
-}
+SPLIT_LANGUAGES: Mapping[str, Mapping[str, tuple[str, ...]]] = registry.RegistryView(
+    lambda: {s.name: s.splits for s in _source_specs()}
+)
+"""dataset -> split -> the languages that split exists in (each dataset's spec, live)."""
+
+DATASET_ALIASES: Mapping[str, str] = registry.RegistryView(
+    lambda: {
+        **{s.name: s.read_from for s in registry.all_specs() if s.read_from},
+        **{s.mix_task: s.read_from or s.name for s in registry.all_specs() if s.mix_task},
+    }
+)
+"""Task-level names that read another dataset's source (``ctkfacts_xnli``, ``xnli_mix``)."""
+
+HUB_IDS: Mapping[str, str] = registry.RegistryView(
+    lambda: {s.name: s.hub.repo for s in _source_specs() if s.hub is not None}
+)
 """Default hub repositories, loadable by ``datasets`` 5.x without a loading script."""
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "samples"
-BUNDLED_SUBDIRS = {
-    "xnli": "xnli",
-    "pawsx": "pawsx",
-    "nc": "xglue_full_dataset",
-    "qadsm": "xglue_full_dataset",
-    "qam": "xglue_full_dataset",
-    "wpr": "xglue_full_dataset",
-    "ctkfacts_nli": "ctkfacts",
-    "mc4": "mc4",
-}
+BUNDLED_SUBDIRS: Mapping[str, str] = registry.RegistryView(
+    lambda: {s.name: s.bundled for s in _source_specs() if s.bundled}
+)
+
+
+def __getattr__(name: str):
+    if name == "DATASETS":  # every dataset with its own source, as registered now
+        return tuple(s.name for s in _source_specs())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,12 +121,7 @@ _STATS: dict[tuple[str, str, str], ReadStats] = {}
 
 def canonical_dataset(dataset: str) -> str:
     """The dataset whose source a (task-level) name reads; unknown names are a clear error."""
-    name = DATASET_ALIASES.get(dataset, dataset)
-    if name not in SPLIT_LANGUAGES:
-        raise KeyError(
-            f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS + tuple(DATASET_ALIASES))}"
-        )
-    return name
+    return registry.source_dataset(dataset)
 
 
 def parse_source(value: SourceSpec | str) -> SourceSpec:
@@ -159,11 +147,15 @@ def set_source(dataset: str, spec: SourceSpec | str) -> SourceSpec:
 
 
 def get_source(dataset: str) -> SourceSpec:
-    return _SOURCES.get(canonical_dataset(dataset), SourceSpec())
+    """The source set for ``dataset``, else its spec's default (bundled samples for built-ins)."""
+    name = canonical_dataset(dataset)
+    if name in _SOURCES:
+        return _SOURCES[name]
+    return parse_source(registry.dataset_spec(name).default_source)
 
 
 def reset_sources() -> None:
-    """Back to the bundled samples for every dataset (tests use this)."""
+    """Back to each dataset's default source (tests use this)."""
     _SOURCES.clear()
     _CACHE.clear()
     _STATS.clear()
@@ -174,7 +166,7 @@ def describe_source(dataset: str) -> str:
     name = canonical_dataset(dataset)
     spec = get_source(name)
     if spec.kind == "hub":
-        return f"hub {spec.path or HUB_IDS[name]}"
+        return f"hub {spec.path or _spec(name).hub.repo}"  # type: ignore[union-attr]
     return f"{spec.kind} ({_root(name, spec)})"
 
 
@@ -183,13 +175,24 @@ def last_read_stats(dataset: str, language: str, split: str) -> ReadStats | None
     return _STATS.get((canonical_dataset(dataset), language, split))
 
 
+def _spec(dataset: str) -> registry.DatasetSpec:
+    return registry.dataset_spec(dataset)
+
+
 def _where(dataset: str, language: str, split: str) -> str:
     return f"dataset {dataset!r} (language {language!r}, split {split!r})"
 
 
 def _root(dataset: str, spec: SourceSpec) -> Path:
     if spec.kind == "bundled":
-        return SAMPLES_DIR / BUNDLED_SUBDIRS[dataset]
+        bundled = _spec(dataset).bundled
+        if bundled is None:
+            raise FileNotFoundError(
+                f"dataset {dataset!r} has no bundled samples; set its source to a directory "
+                "or 'hub' (TrainConfig.sources)")
+        return SAMPLES_DIR / bundled
+    if spec.kind == "hub":
+        raise ValueError(f"dataset {dataset!r} is read from the hub, not from files")
     return Path(spec.path).expanduser()  # type: ignore[arg-type]
 
 
@@ -209,121 +212,120 @@ def _check_language(dataset: str, language: str, split: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One place a split may live in a release layout, and how to read it."""
+    """One place a split may live in a release layout, and how to read it.
+
+    ``read(path, on_bad_row=..., stats=..., where=...)``; with ``multi_file`` it gets the tuple
+    of paths (a sharded corpus such as mC4), else the one path.
+    """
 
     paths: tuple[Path, ...]
     layout: str
-    read: Callable[..., Iterator[dict]]  # read(on_bad_row=..., stats=..., where=...)
+    read: Callable[..., Iterator[dict]]
+    multi_file: bool = False
 
     def exists(self) -> bool:
         return bool(self.paths) and all(p.is_file() for p in self.paths)
 
 
-def _dirs(root: Path, *subdirs: str) -> list[Path]:
+def dirs(root: Path, *subdirs: str) -> list[Path]:
     """``root`` and ``root/sub`` for each sub that is a directory (first = most specific)."""
     out = [root / s for s in subdirs if (root / s).is_dir()]
     return out + [root]
 
 
-_FILE_SPLIT = {"train": "train", "validation": "dev", "test": "test"}
-_PAWSX_ORIGINAL_FILE = {"train": "train.tsv", "validation": "dev_2k.tsv", "test": "test_2k.tsv"}
-
-
-def _xnli_candidates(root: Path, language: str, split: str) -> list[Candidate]:
-    f = _FILE_SPLIT[split]
-    out: list[Candidate] = []
-    for d in _dirs(root, "xglue_full_dataset/XNLI", "XNLI", "xnli"):
-        out.append(
-            Candidate((d / f"{f}-{language}.tsv",), "XTREME TSV", formats.read_xnli_pairs_tsv)
-        )
-        if split == "train":
-            for sub in ("", "multinli", "XNLI-MT-1.0/multinli"):
-                path = d / sub / f"multinli.train.{language}.tsv"
-                out.append(Candidate((path,), "XNLI-MT 1.0", formats.read_xnli_mt_train))
-        else:
-            out.append(
-                Candidate((d / f"{language}.{f}",), "XGLUE XNLI", formats.read_xnli_pairs_tsv)
-            )
-            for sub in ("", "XNLI-1.0"):
-
-                def read_1_0(path, *, language=language, **kw):
-                    return formats.read_xnli_1_0(path, language, **kw)
-
-                out.append(Candidate((d / sub / f"xnli.{f}.tsv",), "XNLI 1.0", read_1_0))
-    return out
-
-
-def _pawsx_candidates(root: Path, language: str, split: str) -> list[Candidate]:
-    out: list[Candidate] = []
-    for d in _dirs(root, "xglue_full_dataset/PAWSX", "PAWSX", "x-final", "pawsx"):
-        path = d / f"{_FILE_SPLIT[split]}-{language}.tsv"
-        out.append(Candidate((path,), "XTREME TSV", formats.read_pawsx_xtreme_tsv))
-        path = d / language / _PAWSX_ORIGINAL_FILE[split]
-        out.append(Candidate((path,), "PAWS-X / XGLUE PAWSX", formats.read_pawsx_original_tsv))
-    return out
-
-
-def _xglue_candidates(dataset: str, root: Path, language: str, split: str) -> list[Candidate]:
-    task_dir = dataset.upper()
+def _declared_candidates(
+    spec: registry.DatasetSpec, root: Path, language: str, split: str
+) -> list[Candidate]:
+    """The one declared file of (language, split), read with the spec's column mapping."""
+    files = spec.files
+    assert files is not None
+    path = files.path(root, language, split)
+    fields = registry.record_fields(spec)
+    columns = {field: files.column(field) for field in fields}
 
     def read(path, **kw):
-        return formats.read_xglue_tsv(path, dataset, **kw)
-
-    name = f"xglue.{dataset}.{language}.{_FILE_SPLIT[split]}"
-    return [
-        Candidate((d / name,), "XGLUE", read)
-        for d in _dirs(root, f"xglue_full_dataset/{task_dir}", task_dir)
-    ]
-
-
-def _ctkfacts_candidates(root: Path, language: str, split: str) -> list[Candidate]:
-    def read_export(path, **kw):
-        return formats.read_ctkfacts_jsonl(path, split=split, **kw)
-
-    if root.is_file():
-        return [Candidate((root,), "CTKFacts raw export", read_export)]
-    out = [
-        Candidate((d / f"{split}.jsonl",), "CTKFacts NLI", formats.read_ctkfacts_jsonl)
-        for d in _dirs(root, "data")
-    ]
-    exports = sorted(root.glob("export*.jsonl")) if root.is_dir() else []
-    if len(exports) > 1:
-        raise FileNotFoundError(
-            f"{_where('ctkfacts_nli', language, split)}: {root} holds several raw exports "
-            f"{[p.name for p in exports]}; point the source at one file"
+        rows = formats.read_table(
+            path, files.format, columns, header=files.header, delimiter=files.delimiter, **kw
         )
-    out += [Candidate((p,), "CTKFacts raw export", read_export) for p in exports]
-    return out
+        return rows
+
+    return [Candidate((path,), f"declared {files.format}", _with_records(spec, read))]
 
 
-def _mc4_candidates(root: Path, language: str, split: str) -> list[Candidate]:
-    suffix = "" if split == "train" else "-validation"
-    out = []
-    for d in _dirs(root, "multilingual"):
-        shards = tuple(sorted(d.glob(f"c4-{language}{suffix}.tfrecord-*-of-*.json.gz")))
-        out.append(
-            Candidate(
-                shards,
-                "allenai/c4 multilingual",
-                lambda paths, **kw: formats.read_mc4_json_gz(paths, **kw),
+def _with_records(spec: registry.DatasetSpec, read: Callable[..., Iterator[dict]]):
+    """A reader whose rows are checked and converted to the spec's records (label, text)."""
+
+    def read_records(path, **kw):
+        return read(path, convert=functools.partial(spec_record, spec), **kw)
+
+    return read_records
+
+
+def spec_record(spec: registry.DatasetSpec, row: dict) -> dict:
+    """A declared row -> a canonical record: text fields as strings (non-blank), the label
+    renamed and checked against the declared names, or a regression score as a float."""
+    record = dict(row)
+    for _, field in spec.fields:
+        value = record[field]
+        if value is None or (isinstance(value, float) and value != value):
+            value = ""
+        record[field] = value if isinstance(value, str | list) else str(value)
+    for group in (spec.text_fields, spec.pair_fields):
+        texts = [record[spec.record_field(f)] for f in group]
+        if group and not any(
+            (t.strip() if isinstance(t, str) else any(p.strip() for p in t)) for t in texts
+        ):
+            raise formats.RowError(
+                f"empty text in field(s) {list(group)}; expected "
+                + ("a non-empty text" if len(group) == 1 else "at least one of them non-empty")
             )
+    raw = record[spec.label_field]
+    if spec.kind == "regression":
+        try:
+            score = float(raw)
+        except (TypeError, ValueError):
+            raise formats.RowError(
+                f"field {spec.label_field!r}: {raw!r} is not a number; expected a regression score"
+            ) from None
+        if score != score or score in (float("inf"), float("-inf")):
+            raise formats.RowError(f"field {spec.label_field!r}: {raw!r} is not a finite score")
+        record[spec.label_field] = score
+        return record
+    record[spec.label_field] = label_name(spec, raw)
+    return record
+
+
+def label_name(spec: registry.DatasetSpec, raw: object, *, class_names: Sequence[str] | None = None
+               ) -> str:
+    """A source label value -> its declared label name (a ClassLabel id read via ``class_names``);
+    outside the declared set -> a bad row naming the field and the expected names."""
+    value: object = raw
+    if class_names is not None and isinstance(raw, int) and 0 <= raw < len(class_names):
+        value = class_names[raw]
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    if spec.label_map and text in spec.label_map:
+        text = spec.label_map[text]
+    if text not in spec.label_names:
+        expected = sorted(set(spec.label_names) | set(spec.label_map or {}))
+        raise formats.RowError(
+            f"field {spec.label_field!r}: label {raw!r} is not a declared label; expected one "
+            f"of {expected}"
         )
-    return out
+    return text
 
 
 def candidate_files(dataset: str, root: Path, language: str, split: str) -> list[Candidate]:
     """Every release-layout location of (dataset, language, split) under ``root``, in search order."""
-    if dataset == "xnli":
-        return _xnli_candidates(root, language, split)
-    if dataset == "pawsx":
-        return _pawsx_candidates(root, language, split)
-    if dataset in formats.XGLUE_COLUMNS:
-        return _xglue_candidates(dataset, root, language, split)
-    if dataset == "ctkfacts_nli":
-        return _ctkfacts_candidates(root, language, split)
-    if dataset == "mc4":
-        return _mc4_candidates(root, language, split)
-    raise KeyError(dataset)
+    spec = _spec(dataset)
+    if spec.layout is not None:
+        return spec.layout(root, language, split)
+    if spec.files is not None:
+        return _declared_candidates(spec, root, language, split)
+    raise FileNotFoundError(f"dataset {dataset!r} declares no files (only a hub id)")
 
 
 def locate(dataset: str, language: str, split: str, spec: SourceSpec | None = None) -> Candidate:
@@ -353,6 +355,22 @@ def locate(dataset: str, language: str, split: str, spec: SourceSpec | None = No
     )
 
 
+def _with_groups(dataset: str, records: Iterator[dict]) -> Iterator[dict]:
+    """Records with the spec's integer group id: the 0-based index of the ``group_from`` value in
+    order of first appearance within one read (a file), unless the reader set it already."""
+    spec = _spec(dataset)
+    if spec.group_field is None or spec.group_from is None:
+        yield from records
+        return
+    ids: dict[object, int] = {}
+    for record in records:
+        if spec.group_field not in record:
+            key = record[spec.group_from]
+            record[spec.group_field] = ids.setdefault(
+                tuple(key) if isinstance(key, list) else key, len(ids))
+        yield record
+
+
 def _iter_local(
     dataset: str, language: str, split: str, spec: SourceSpec, on_bad_row: OnBadRow, *, cache: bool
 ) -> Iterator[dict]:
@@ -367,9 +385,9 @@ def _iter_local(
     stats = ReadStats(", ".join(str(p) for p in c.paths))
     _STATS[(dataset, language, split)] = stats
     where = _where(dataset, language, split)
-    records = c.read(
-        c.paths if dataset == "mc4" else c.paths[0], where=where, on_bad_row=on_bad_row, stats=stats
-    )
+    records = _with_groups(dataset, c.read(
+        c.paths if c.multi_file else c.paths[0], where=where, on_bad_row=on_bad_row, stats=stats
+    ))
     if not cache:  # e.g. the 15 XNLI-MT train sets of XNLI_mix: too big to keep twice
         yield from records
         return
@@ -384,7 +402,12 @@ def _iter_local(
 
 
 def _hub_id(dataset: str, spec: SourceSpec) -> tuple[str, str | None]:
-    value = spec.path or HUB_IDS[dataset]
+    hub = _spec(dataset).hub
+    if hub is None:
+        raise ValueError(f"dataset {dataset!r} declares no hub id; it is read from files only")
+    value = spec.path or hub.repo
+    if Path(value).expanduser().is_dir():
+        return str(Path(value).expanduser()), None
     repo, _, revision = value.partition("@")
     return repo, revision or None
 
@@ -392,9 +415,21 @@ def _hub_id(dataset: str, spec: SourceSpec) -> tuple[str, str | None]:
 def _load_hub_dataset(
     repo: str, config: str | None, split: str, revision: str | None, streaming: bool
 ):
-    """``datasets.load_dataset`` (imported here: only a hub source may touch the network)."""
+    """``datasets.load_dataset`` (imported here: only a hub source may touch the network).
+
+    A local directory written by ``save_to_disk`` is read with ``load_from_disk`` (offline)."""
     import datasets
 
+    local = Path(repo)
+    if local.is_dir() and ((local / "dataset_dict.json").is_file()
+                           or (local / "state.json").is_file()):
+        ds = datasets.load_from_disk(str(local))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise FileNotFoundError(
+                    f"{local}: no split {split!r} in this saved dataset; it has {list(ds)}")
+            ds = ds[split]
+        return ds
     kwargs = {"split": split, "streaming": streaming}
     if revision:
         kwargs["revision"] = revision
@@ -408,70 +443,65 @@ def _class_names(ds, field: str) -> list[str] | None:
 
 
 def _hub_request(dataset: str, language: str, split: str) -> tuple[str | None, str]:
-    """(config, split name) of a (dataset, language, split) on its default hub repository."""
-    if dataset in ("xnli", "pawsx", "mc4"):
-        return language, split
-    if dataset in formats.XGLUE_COLUMNS:
-        return dataset, "train" if split == "train" else f"{split}.{language}"
-    return None, split  # ctkfacts_nli: one config
+    """(config, split name) of a (dataset, language, split) on its hub repository."""
+    return _spec(dataset).hub.request(language, split)  # type: ignore[union-attr]
 
 
 def _iter_hub(
     dataset: str, language: str, split: str, spec: SourceSpec, on_bad_row: OnBadRow
 ) -> Iterator[dict]:
+    ds_spec = _spec(dataset)
+    hub = ds_spec.hub
+    assert hub is not None
     repo, revision = _hub_id(dataset, spec)
-    config, hub_split = _hub_request(dataset, language, split)
+    config, hub_split = hub.request(language, split)
     where = f"{_where(dataset, language, split)} from hub {repo}" + (
         f"@{revision}" if revision else ""
     )
-    ds = _load_hub_dataset(repo, config, hub_split, revision, streaming=dataset == "mc4")
+    ds = _load_hub_dataset(repo, config, hub_split, revision, streaming=hub.streaming)
     stats = ReadStats(f"hub:{repo}/{config or ''}/{hub_split}")
     _STATS[(dataset, language, split)] = stats
-    if dataset == "mc4":
-        for row in ds:
+    fields = registry.record_fields(ds_spec)
+    column_of = {**{f: hub.columns.get(f, f) for f in fields}, **hub.columns}
+    names = getattr(getattr(ds, "features", None), "keys", lambda: None)()
+    if names is not None:
+        missing = [f for f, c in column_of.items() if c not in names]
+        if missing:
+            raise DataFormatError(
+                f"{where}: no column {[column_of[f] for f in missing]} for field(s) {missing}; "
+                f"columns: {sorted(names)}")
+    label_col = column_of.get(ds_spec.label_field)
+    class_names = _class_names(ds, label_col) if label_col else None
+
+    def records() -> Iterator[dict]:
+        for i, row in enumerate(ds):
+            try:
+                missing = [f for f, c in column_of.items() if c not in row]
+                if missing:
+                    raise formats.RowError(f"no column for field(s) {missing}")
+                record = {f: row[c] for f, c in column_of.items()}
+                if ds_spec.kind == "classification" and hub.label_ids:
+                    raw = record[ds_spec.label_field]
+                    if not (isinstance(raw, int) and 0 <= raw < len(ds_spec.label_names)):
+                        raise formats.RowError(
+                            f"unknown label {raw!r}; expected one of {list(ds_spec.label_names)}")
+                elif ds_spec.kind == "classification":
+                    record[ds_spec.label_field] = label_name(
+                        ds_spec, record[ds_spec.label_field], class_names=class_names)
+                if hub.convert is not None:
+                    record = hub.convert(record)
+                elif ds_spec.kind != "span_corruption":
+                    record = spec_record(ds_spec, record)
+            except formats.RowError as e:
+                message = f"{where}, row {i}: {e}"
+                if on_bad_row == "error":
+                    raise DataFormatError(message) from None
+                stats.note_skip(message)
+                continue
             stats.rows += 1
-            yield {"text": row["text"]}
-        return
-    label_field = formats.LABEL_FIELD[dataset]
-    class_names = _class_names(ds, label_field)
-    our_names = formats.LABEL_NAMES[dataset]
-    query_ids: dict[str, int] = {}
-    for i, row in enumerate(ds):
-        raw = row.get(label_field)
-        name = (
-            class_names[raw]
-            if class_names is not None and isinstance(raw, int) and 0 <= raw < len(class_names)
-            else raw
-        )
-        if dataset == "pawsx":
-            # The hub's PAWS-X ClassLabel is named "0"/"1"; the id is what carries meaning.
-            value = raw if isinstance(raw, int) else None
-            ok = value in (0, 1)
-        else:
-            value = str(name)
-            ok = value in our_names
-        if not ok:
-            message = f"{where}, row {i}: unknown label {raw!r}; expected one of {list(our_names)}"
-            if on_bad_row == "error":
-                raise DataFormatError(message)
-            stats.note_skip(message)
-            continue
-        record = {k: row[k] for k in _HUB_FIELDS[dataset] if k != label_field}
-        record[label_field] = value
-        if dataset == "ctkfacts_nli":
-            record["evidence"] = formats.flatten_evidence(record["evidence"])
-        if dataset == "wpr":
-            record["query_id"] = query_ids.setdefault(record["query"], len(query_ids))
-        stats.rows += 1
-        yield record
+            yield record
 
-
-_HUB_FIELDS = {
-    "xnli": ("premise", "hypothesis", "label"),
-    "pawsx": ("sentence1", "sentence2", "label"),
-    **formats.XGLUE_COLUMNS,
-    "ctkfacts_nli": ("id", "claim", "evidence", "label"),
-}
+    yield from _with_groups(dataset, records())
 
 
 # --------------------------------------------------------------------------- public reading API
@@ -553,32 +583,39 @@ def mix_assignment(num_rows: int, num_languages: int) -> list[tuple[int, int]]:
     return [(i, i % num_languages) for i in range(usable)]
 
 
-def load_xnli_mix(
-    languages: Sequence[str] = XNLI_LANGUAGES, *, on_bad_row: OnBadRow | None = None
+def load_mix(
+    dataset: str, languages: Sequence[str] | None = None, *, on_bad_row: OnBadRow | None = None
 ) -> list[dict]:
-    """XNLI_mix: disjoint equal partitions of the translated XNLI train sets, interleaved.
+    """A dataset's mixed-language train set (its spec's ``mix_task``, e.g. XNLI_mix): disjoint
+    equal partitions of line-aligned translated train sets, interleaved.
 
-    Reads the ``train`` split of every language from the ``xnli`` source (local/bundled: the XNLI-MT
-    ``multinli.train.{lang}.tsv`` files; hub: ``facebook/xnli`` per-language ``train``), which are
-    line-aligned translations of one English set; see :func:`mix_assignment`. Each record carries
-    ``language`` and ``source_index`` (its row in the aligned sets).
+    Reads the ``train`` split of every language from the dataset's source (for XNLI: the XNLI-MT
+    ``multinli.train.{lang}.tsv`` files, or ``facebook/xnli`` per-language ``train`` on the hub),
+    which are line-aligned translations of one set; see :func:`mix_assignment`. Each record
+    carries ``language`` and ``source_index`` (its row in the aligned sets).
     """
-    languages = tuple(languages)
+    dataset = canonical_dataset(dataset)
+    spec = _spec(dataset)
+    label = (spec.mix_task or f"{dataset}_mix").upper().replace("_MIX", "_mix")
+    train_languages = spec.mix_languages or SPLIT_LANGUAGES[dataset].get("train", ())
+    languages = tuple(languages if languages is not None else train_languages)
     if len(set(languages)) != len(languages):
-        raise ValueError(f"XNLI_mix languages repeat: {languages}")
-    unknown = [lang for lang in languages if lang not in XNLI_LANGUAGES]
+        raise ValueError(f"{label} languages repeat: {languages}")
+    unknown = [lang for lang in languages if lang not in train_languages]
     if unknown:
         raise KeyError(
-            f"XNLI_mix: languages {unknown} are not XNLI languages {list(XNLI_LANGUAGES)}"
+            f"{label}: languages {unknown} are not {dataset} train languages {list(train_languages)}"
         )
     num = len(languages)
+    if num < 1:
+        raise ValueError(f"{label} needs at least one language")
     kept: list[list[dict]] = []
     counts: dict[str, int] = {}
     for index, lang in enumerate(languages):
         rows: list[dict] = []
         n = 0
         for n, record in enumerate(
-            _iter_source("xnli", lang, "train", on_bad_row=on_bad_row, limit=None, cache=False), 1
+            _iter_source(dataset, lang, "train", on_bad_row=on_bad_row, limit=None, cache=False), 1
         ):
             if (n - 1) % num == index:
                 record["language"] = lang
@@ -588,8 +625,15 @@ def load_xnli_mix(
         kept.append(rows)
     if len(set(counts.values())) != 1:
         raise DataFormatError(
-            "XNLI_mix needs line-aligned translated train sets of equal length; got row counts "
-            f"{counts} ({describe_source('xnli')})"
+            f"{label} needs line-aligned translated train sets of equal length; got row counts "
+            f"{counts} ({describe_source(dataset)})"
         )
     total = next(iter(counts.values()))
     return [kept[lang_index][row // num] for row, lang_index in mix_assignment(total, num)]
+
+
+def load_xnli_mix(
+    languages: Sequence[str] = XNLI_LANGUAGES, *, on_bad_row: OnBadRow | None = None
+) -> list[dict]:
+    """XNLI_mix: :func:`load_mix` of ``xnli`` (by default its 15 languages)."""
+    return load_mix("xnli", languages, on_bad_row=on_bad_row)

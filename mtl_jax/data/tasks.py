@@ -12,7 +12,10 @@ Every example carries ``task`` (the head: ``xnli``, ``pawsx``, ``nc``, ``qadsm``
 ``ctkfacts_nli``, ``mc4``; ``ctkfacts_xnli`` uses ``xnli``) and ``language``; WPR examples carry
 ``query_id``. Tasks read their source (:mod:`mtl_jax.data.sources`) and their vocabulary
 (:func:`set_vocabulary`) when a dataset is built, not at registration, so both can be changed
-after import. All tasks are registered when this module is imported.
+after import. Every dataset of :mod:`mtl_jax.data.registry` has its tasks made when it is
+registered (the built-ins when this module is imported; a user's dataset whenever
+``register_dataset`` is called). A regression example's ``label`` is its score (float32), and it
+carries ``target_text``, the score on T5's 0.2 grid.
 """
 
 from __future__ import annotations
@@ -26,70 +29,12 @@ from typing import Literal
 import seqio
 import tensorflow as tf
 
-from mtl_jax.data import formats, preprocessors, sources
+from mtl_jax import labels as labels_lib
+from mtl_jax.data import preprocessors, registry, sources
 
 TaskFormat = Literal["t2t", "cls"]
 FORMATS: tuple[TaskFormat, ...] = ("t2t", "cls")
 MIX_LANGUAGE = "mix"
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """How a dataset's canonical records become task examples (fields, labels, head, metrics)."""
-
-    name: str  # dataset key of the task names (e.g. "ctkfacts_xnli")
-    source: str  # dataset key of the source (e.g. "ctkfacts_nli")
-    head: str
-    prefix: str
-    fields: tuple[tuple[str, str], ...]  # (name shown in t2t text, canonical record field)
-    text_fields: tuple[str, ...]  # cls `text` (names from `fields`)
-    pair_fields: tuple[str, ...]  # cls `text_pair`
-    label_field: str
-    label_names: tuple[str, ...]
-    metrics: tuple[str, ...]
-    label_map: Mapping[str, str] | None = None  # source label name -> task label name
-
-    @property
-    def field_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.fields)
-
-
-def _same(*names: str) -> tuple[tuple[str, str], ...]:
-    return tuple((n, n) for n in names)
-
-
-_CTK_METRICS = ("macro_f1", "micro_f1", "accuracy")
-
-DATASET_SPECS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec("xnli", "xnli", "xnli", "xnli", _same("premise", "hypothesis"),
-                    ("premise",), ("hypothesis",), "label", formats.XNLI_LABELS, ("accuracy",)),
-        DatasetSpec("pawsx", "pawsx", "pawsx", "pawsx", _same("sentence1", "sentence2"),
-                    ("sentence1",), ("sentence2",), "label", formats.PAWSX_LABELS, ("accuracy",)),
-        DatasetSpec("nc", "nc", "nc", "nc", _same("news_title", "news_body"),
-                    ("news_title",), ("news_body",), "news_category", formats.NC_LABELS,
-                    ("accuracy",)),
-        DatasetSpec("qadsm", "qadsm", "qadsm", "qadsm", _same("query", "ad_title", "ad_description"),
-                    ("query",), ("ad_title", "ad_description"), "relevance_label",
-                    formats.QADSM_LABELS, ("accuracy",)),
-        DatasetSpec("qam", "qam", "qam", "qam", _same("question", "answer"),
-                    ("question",), ("answer",), "label", formats.QAM_LABELS, ("accuracy",)),
-        DatasetSpec("wpr", "wpr", "wpr", "wpr",
-                    _same("query", "web_page_title", "web_page_snippet"),
-                    ("query",), ("web_page_title", "web_page_snippet"), "relavance_label",
-                    formats.WPR_LABELS, ("ndcg",)),
-        DatasetSpec("ctkfacts_nli", "ctkfacts_nli", "ctkfacts_nli", "ctkfacts_nli",
-                    _same("evidence", "claim"), ("evidence",), ("claim",), "label",
-                    formats.CTKFACTS_LABELS, _CTK_METRICS),
-        # The XNLI reformulation: evidence -> premise, claim -> hypothesis, XNLI head and prefix.
-        DatasetSpec("ctkfacts_xnli", "ctkfacts_nli", "xnli", "xnli",
-                    (("premise", "evidence"), ("hypothesis", "claim")), ("premise",),
-                    ("hypothesis",), "label", formats.XNLI_LABELS, _CTK_METRICS,
-                    label_map={"SUPPORTS": "entailment", "NOT ENOUGH INFO": "neutral",
-                               "REFUTES": "contradiction"}),
-    )
-}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,50 +74,31 @@ class TaskInfo:
 _TASK_INFOS: dict[str, TaskInfo] = {}
 
 
-def _splits_for(dataset: str, language: str) -> tuple[str, ...]:
-    table = sources.SPLIT_LANGUAGES[dataset]
-    return tuple(s for s in sources.SPLITS if language in table.get(s, ()))
+def task_infos_of(spec: registry.DatasetSpec) -> list[TaskInfo]:
+    """The tasks of one dataset: ``{name}_{format}_{language}`` for every format and language,
+    plus ``{mix_task}_{format}`` (train only, every train language) when the spec has one."""
+    source = registry.dataset_spec(spec.read_from) if spec.read_from else spec
+    infos: list[TaskInfo] = []
 
+    def add(fmt: TaskFormat, name: str, language: str, languages: tuple[str, ...],
+            splits: tuple[str, ...], dataset: str) -> None:
+        infos.append(TaskInfo(
+            name=name, dataset=dataset, source_dataset=source.name, format=fmt,
+            language=language, languages=languages, splits=splits, head=spec.task_head,
+            label_names=tuple(spec.label_names), metrics=tuple(spec.metrics),
+            prefix=None if spec.kind == "span_corruption" else spec.task_prefix,
+            fields=() if spec.kind == "span_corruption" else spec.field_names,
+            text_fields=tuple(spec.text_fields), pair_fields=tuple(spec.pair_fields),
+            kind=spec.kind, group_field=spec.group_field,
+        ))  # fmt: skip
 
-def _build_task_infos() -> dict[str, TaskInfo]:
-    infos: dict[str, TaskInfo] = {}
-
-    def classification(
-        spec: DatasetSpec,
-        fmt: TaskFormat,
-        name: str,
-        language: str,
-        languages: tuple[str, ...],
-        splits: tuple[str, ...],
-        dataset: str,
-    ) -> None:
-        infos[name] = TaskInfo(
-            name=name, dataset=dataset, source_dataset=spec.source, format=fmt,
-            language=language, languages=languages, splits=splits, head=spec.head,
-            label_names=spec.label_names, metrics=spec.metrics, prefix=spec.prefix,
-            fields=spec.field_names, text_fields=spec.text_fields, pair_fields=spec.pair_fields,
-            group_field="query_id" if spec.source == "wpr" else None,
-        )  # fmt: skip
-
-    for spec in DATASET_SPECS.values():
-        table = sources.SPLIT_LANGUAGES[spec.source]
-        languages = sorted({lang for langs in table.values() for lang in langs})
-        for lang in languages:
-            for fmt in FORMATS:
-                name = f"{spec.name}_{fmt}_{lang}"
-                classification(
-                    spec, fmt, name, lang, (lang,), _splits_for(spec.source, lang), spec.name
-                )
-    for fmt in FORMATS:
-        classification(DATASET_SPECS["xnli"], fmt, f"xnli_mix_{fmt}", MIX_LANGUAGE,
-                       sources.XNLI_LANGUAGES, ("train",), "xnli_mix")  # fmt: skip
-    for lang in sources.MC4_LANGUAGES:
-        name = f"mc4_t2t_{lang}"
-        infos[name] = TaskInfo(
-            name=name, dataset="mc4", source_dataset="mc4", format="t2t", language=lang,
-            languages=(lang,), splits=_splits_for("mc4", lang), head="mc4", label_names=(),
-            metrics=(), kind="span_corruption",
-        )  # fmt: skip
+    for lang in spec.languages:
+        for fmt in spec.formats:
+            add(fmt, f"{spec.name}_{fmt}_{lang}", lang, (lang,), spec.splits_of(lang), spec.name)
+    if spec.mix_task:
+        train = tuple(spec.mix_languages or spec.splits.get("train", ()))
+        for fmt in spec.formats:
+            add(fmt, f"{spec.mix_task}_{fmt}", MIX_LANGUAGE, train, ("train",), spec.mix_task)
     return infos
 
 
@@ -190,8 +116,8 @@ def all_task_infos() -> list[TaskInfo]:
 
 def task_name(dataset: str, fmt: TaskFormat, language: str) -> str:
     """The registered name of (dataset, format, language); checks that it exists."""
-    if dataset == "xnli_mix":
-        name = f"xnli_mix_{fmt}"
+    if registry.find_mix_task(dataset) is not None:
+        name = f"{dataset}_{fmt}"
     else:
         name = f"{dataset}_{fmt}_{language}"
     task_info(name)
@@ -334,8 +260,9 @@ def output_features(info: TaskInfo) -> dict[str, seqio.Feature]:
     return {
         "text": seqio.Feature(vocab, add_eos=False),
         "text_pair": seqio.Feature(vocab, add_eos=False),
-        "label": seqio.Feature(
-            seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32, rank=0
+        "label": seqio.Feature(  # a class id, or the score of a regression task
+            seqio.PassThroughVocabulary(size=0), add_eos=False,
+            dtype=tf.float32 if info.kind == "regression" else tf.int32, rank=0,
         ),
     }
 
@@ -343,17 +270,39 @@ def output_features(info: TaskInfo) -> dict[str, seqio.Feature]:
 # --------------------------------------------------------------------------- source examples
 
 
-def _classification_example(spec: DatasetSpec, info: TaskInfo, record: dict, language: str) -> dict:
+TARGET_TEXT = "target_text"  # t2t target of a regression example: the score on T5's 0.2 grid
+
+
+def _text(value: object) -> str:
+    """A field value as text: a list of paragraphs (CTKFacts evidence) joined by one space."""
+    if isinstance(value, list):
+        return " ".join(str(p).strip() for p in value)
+    return str(value)
+
+
+def _spec_of(info: TaskInfo) -> registry.DatasetSpec:
+    spec = registry.find_mix_task(info.dataset) if info.language == MIX_LANGUAGE else None
+    return spec or registry.dataset_spec(info.dataset)
+
+
+def _classification_example(
+    spec: registry.DatasetSpec, info: TaskInfo, record: dict, language: str
+) -> dict:
     example: dict = {"task": info.head, "language": language}
     for name, field in spec.fields:
-        value = record[field]
-        example[name] = formats.evidence_text(value) if field == "evidence" else str(value)
+        example[name] = _text(record[field])
     label = record[spec.label_field]
-    if spec.label_map is not None:
-        label = spec.label_map[label]
-    example["label"] = int(label) if isinstance(label, int) else spec.label_names.index(label)
-    if spec.source == "wpr":
-        example["query_id"] = int(record["query_id"])
+    if spec.kind == "regression":
+        example["label"] = float(label)  # the score: float32 for regression tasks
+        example[TARGET_TEXT] = labels_lib.regression_target_text(float(label))
+    else:
+        if spec.read_from is not None and spec.label_map is not None:
+            # Records of another dataset carry its label names: rename them (ctkfacts_xnli).
+            # A dataset's own reader has renamed its labels already.
+            label = spec.label_map[label]
+        example["label"] = int(label) if isinstance(label, int) else spec.label_names.index(label)
+    if spec.group_field is not None:
+        example[spec.group_field] = int(record[spec.group_field])
     return example
 
 
@@ -364,29 +313,35 @@ def _feature_types(info: TaskInfo) -> dict[str, tf.DType]:
         return types
     types.update({name: tf.string for name in info.fields})
     types["label"] = tf.int32
-    if info.source_dataset == "wpr":
-        types["query_id"] = tf.int32
+    if info.kind == "regression":
+        types["label"] = tf.float32
+        types[TARGET_TEXT] = tf.string
+    if info.group_field is not None:
+        types[info.group_field] = tf.int32
     return types
 
 
 def source_examples(name: str, split: str, *, limit: int | None = None) -> Iterable[dict]:
     """The examples a task's data source yields for ``split`` (before its preprocessors).
 
-    Read from the dataset's *current* source; a list, except a lazy iterator for hub mC4.
+    Read from the dataset's *current* source; a list, except a lazy iterator for a streamed hub
+    corpus (mC4).
     """
     info = task_info(name)
     if split not in info.splits:
         raise KeyError(f"task {name!r} has no split {split!r}; it has {list(info.splits)}")
+    spec = _spec_of(info)
     if info.kind == "span_corruption":
-        records = sources.iter_records("mc4", info.language, split, limit=limit)
-        examples = ({"task": "mc4", "language": info.language, "text": r["text"]} for r in records)
-        return examples if sources.get_source("mc4").kind == "hub" else list(examples)
-    spec = DATASET_SPECS["xnli" if info.dataset == "xnli_mix" else info.dataset]
-    if info.dataset == "xnli_mix":
-        records = sources.load_xnli_mix(info.languages)
+        records = sources.iter_records(info.source_dataset, info.language, split, limit=limit)
+        examples = (
+            {"task": info.head, "language": info.language, "text": r["text"]} for r in records
+        )
+        return examples if sources.get_source(info.source_dataset).kind == "hub" else list(examples)
+    if info.language == MIX_LANGUAGE:
+        records = sources.load_mix(info.source_dataset, info.languages)
         out = [_classification_example(spec, info, r, r["language"]) for r in records]
     else:
-        records = sources.iter_records(spec.source, info.language, split, limit=limit)
+        records = sources.iter_records(info.source_dataset, info.language, split, limit=limit)
         out = [_classification_example(spec, info, r, info.language) for r in records]
     return out[:limit] if limit is not None else out
 
@@ -428,7 +383,7 @@ class RecordsSource(seqio.DataSource):
         spec = sources.get_source(info.source_dataset)
         if spec.kind == "hub":
             return None
-        languages = info.languages if info.dataset == "xnli_mix" else (info.language,)
+        languages = info.languages
         files = [
             p
             for lang in languages
@@ -483,6 +438,7 @@ def _preprocessors(info: TaskInfo) -> list[Callable]:
                 prefix=info.prefix,
                 fields=info.fields,
                 label_names=info.label_names,
+                target_feature=TARGET_TEXT if info.kind == "regression" else None,
             ),  # fmt: skip
             seqio.preprocessors.append_eos_after_trim,
         ]
@@ -504,19 +460,34 @@ def _make_task(info: TaskInfo) -> seqio.Task:
     )
 
 
+_DATASET_TASKS: dict[str, list[str]] = {}
+
+
+def _register_tasks(spec: registry.DatasetSpec) -> None:
+    """Make (or remake) the seqio tasks of one dataset: called for every registered dataset."""
+    _remove_tasks(spec.name)
+    infos = task_infos_of(spec)
+    for info in infos:
+        _TASK_INFOS[info.name] = info
+        seqio.TaskRegistry.remove(info.name)
+        seqio.TaskRegistry.add_provider(info.name, _make_task(info))
+    _DATASET_TASKS[spec.name] = [i.name for i in infos]
+
+
+def _remove_tasks(dataset: str) -> None:
+    for name in _DATASET_TASKS.pop(dataset, []):
+        _TASK_INFOS.pop(name, None)
+        seqio.TaskRegistry.remove(name)
+
+
 def register_all(
     vocabularies: Mapping[TaskFormat, seqio.Vocabulary | str | Path | None] | None = None,
 ) -> list[str]:
-    """Register every task with seqio (idempotent); optionally set the format vocabularies first."""
+    """Every registered dataset's tasks (made at registration); optionally set the format
+    vocabularies first. Kept for callers that registered tasks explicitly."""
     for fmt, vocab in (vocabularies or {}).items():
         set_vocabulary(fmt, vocab)
-    if not _TASK_INFOS:
-        _TASK_INFOS.update(_build_task_infos())
-    registered = set(seqio.TaskRegistry.names())
-    for info in _TASK_INFOS.values():
-        if info.name not in registered:
-            seqio.TaskRegistry.add_provider(info.name, _make_task(info))
     return list(_TASK_INFOS)
 
 
-register_all()
+registry.on_register(_register_tasks, _remove_tasks)

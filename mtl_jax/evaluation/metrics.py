@@ -103,6 +103,13 @@ def micro_f1(labels, predictions, *, classes: Iterable | None = None) -> float:
     return float(_f1_from_counts(tp.sum(), fp.sum(), fn.sum()))
 
 
+def f1(labels, predictions, *, positive: int = 1) -> float:
+    """Binary F1 of the positive class (label id 1): GLUE's F1 for MRPC and QQP."""
+    y, p = _pair(labels, predictions, "f1")
+    tp, fp, fn = _per_class_counts(y, p, [positive])
+    return float(_f1_from_counts(tp, fp, fn)[0])
+
+
 def mcc(labels, predictions) -> float:
     """Matthews correlation coefficient, multi-class (Gorodkin's R_K), as scikit-learn computes it."""
     y, p = _pair(labels, predictions, "mcc")
@@ -229,6 +236,7 @@ METRICS: dict[str, MetricFn] = {
     "accuracy": accuracy,
     "macro_f1": macro_f1,
     "micro_f1": micro_f1,
+    "f1": f1,
     "mcc": mcc,
     "pearson": pearson,
     "spearman": spearman,
