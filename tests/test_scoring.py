@@ -86,6 +86,18 @@ def test_regression_from_numbers_and_generated_text_matches_scipy():
     assert score_task(info, gold, pred)["pearson"] == pytest.approx(pearsonr(gold, pred)[0])
 
 
+def test_constant_regression_prediction_scores_zero_not_nan():
+    """SciPy leaves r undefined for a constant prediction; the task score is 0 so the run's
+    model-selection mean stays defined. Constant gold stays undefined (nan)."""
+    info = dataclasses.replace(tasks.task_info("xnli_t2t_de"), name="sts_t2t_en", dataset="sts",
+                               label_names=(), metrics=("pearson", "spearman"), kind="regression")
+    gold = np.linspace(0, 5, 20)
+    assert score_task(info, gold, ["2.6"] * 20) == {"pearson": 0.0, "spearman": 0.0}
+    assert score_task(info, gold, ["junk"] * 20) == {"pearson": 0.0, "spearman": 0.0}
+    both = score_task(info, np.full(20, 3.0), ["2.6"] * 20)
+    assert np.isnan(both["pearson"]) and np.isnan(both["spearman"])
+
+
 def test_primary_metric_is_each_datasets_first():
     infos = [tasks.task_info(n) for n in ("ctkfacts_nli_cls_cs", "wpr_cls_de", "xnli_cls_de")]
     assert primary_metrics(infos) == {"ctkfacts_nli": "macro_f1", "wpr": "ndcg", "xnli": "accuracy"}

@@ -48,6 +48,13 @@ def regression_value(value: Any) -> float:
     return value if np.isfinite(value) else UNPARSABLE_SCORE
 
 
+_CORRELATIONS = frozenset({"pearson", "spearman"})
+
+
+def _constant(x: np.ndarray) -> bool:
+    return x.shape[0] >= 2 and bool(np.all(x == x[0]))
+
+
 def expected_grade(scores: np.ndarray) -> np.ndarray:
     """``sum_c softmax(scores)_c * c`` per row: how WPR's pages are ranked (grades 0..C-1),
     from head logits or from rank-classification log-likelihoods alike."""
@@ -76,7 +83,13 @@ def score_task(
     if info.kind == "regression":
         gold = np.array([regression_value(v) for v in labels], np.float64)
         pred = np.array([regression_value(v) for v in predictions], np.float64)
-        return metrics_lib.compute_metrics(info.metrics, gold, pred, groups=groups, scores=scores)
+        out = metrics_lib.compute_metrics(info.metrics, gold, pred, groups=groups, scores=scores)
+        if _constant(pred) and not _constant(gold):
+            # SciPy leaves r undefined (nan) for a constant prediction; a model that predicts one
+            # score for everything has no correlation with varying gold scores, and a nan cell
+            # would make the run's model-selection score nan. Score it 0, as MCC does.
+            out = {k: 0.0 if k in _CORRELATIONS and np.isnan(v) else v for k, v in out.items()}
+        return out
     gold_ids = [label_id(info, v) for v in labels]
     pred_ids = [label_id(info, v) for v in predictions]
     classes = list(range(len(info.label_names)))
