@@ -52,16 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mtl_jax.cli_logging import setup_logging
+    from mtl_jax.cli_logging import start
 
-    setup_logging(args.log_level)
-    from mtl_jax import distributed
-
-    try:
-        distributed.initialize(distributed.launch_from(args))
-    except distributed.DistributedConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if (code := start(args)) is not None:
+        return code
     from mtl_jax import experiment, gin_config
     from mtl_jax.evaluation import tables
     from mtl_jax.training.checkpoints import IncompatibleCheckpointError, RunCheckpoint

@@ -98,16 +98,10 @@ def resolve_task(exp, task: str, language: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mtl_jax.cli_logging import setup_logging
+    from mtl_jax.cli_logging import start
 
-    setup_logging(args.log_level)
-    from mtl_jax import distributed
-
-    try:
-        distributed.initialize(distributed.launch_from(args))
-    except distributed.DistributedConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if (code := start(args)) is not None:
+        return code
     import dataclasses
 
     import jax

@@ -43,16 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mtl_jax.cli_logging import setup_logging
+    from mtl_jax.cli_logging import start
 
-    setup_logging(args.log_level)
-    from mtl_jax import distributed
-
-    try:
-        distributed.initialize(distributed.launch_from(args))
-    except distributed.DistributedConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    if (code := start(args)) is not None:
+        return code
     from mtl_jax import configurables, gin_config
     from mtl_jax.experiment import ConfigError
     from mtl_jax.training.checkpoints import CheckpointError, IncompatibleCheckpointError
