@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtl_jax import inspect as inspect_cli
+from mtl_jax import predict as predict_cli
 from mtl_jax import train as train_cli
 
 pytestmark = pytest.mark.usefixtures("clean_registry", "fast_compiles")
@@ -83,6 +84,19 @@ def test_own_csv_dataset_trains_with_a_builtin_task_and_is_reported(tmp_path, ca
     assert inspect_cli.main(["--gin_file", str(gin), "reviews_demo", "--json", "-n", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [m["task"] for m in report["members"]] == ["reviews_cls_en", "pawsx_cls_en"]
+    # ... and predicts labels for a new file in the user's own column names.
+    new = tmp_path / "new.csv"
+    _write(new, [("What a film.", ""), ("Too long.", ""), ("Loved the music.", "")])
+    out = tmp_path / "preds.jsonl"
+    assert predict_cli.main([f"--checkpoint={run}", "--task=reviews", f"--input={new}",
+                             "--columns=review=Review Text", f"--output={out}",
+                             "--no-progress"]) == 0
+    preds = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["index"] for p in preds] == [0, 1, 2]
+    for p in preds:
+        assert set(p["scores"]) == {"negative", "positive"}
+        assert sum(p["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert p["prediction"] == max(p["scores"], key=p["scores"].get)
 
 
 def test_bad_label_in_evaluation_file_stops_before_training(tmp_path, capsys):
