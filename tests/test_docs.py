@@ -2,7 +2,7 @@
 marks with ``<!-- tested: NAME -->`` (or ``<!-- tested-slow: NAME -->``) runs as written.
 
 A marked block runs with ``bash -euo pipefail`` in a fresh temporary directory (``$WORK``, also the
-working directory) with the project's Python first on ``PATH``; it carries its own checks (``test``,
+working directory, with ``tools/`` linked in) with the project's Python first on ``PATH``; it carries its own checks (``test``,
 ``grep``), so a block that stops doing what the page says fails here. docs/scaling.md's blocks need
 two processes and have their own test (tests/test_docs_scaling.py).
 """
@@ -58,6 +58,7 @@ def _params():
 
 @pytest.mark.parametrize("script", list(_params()))
 def test_marked_block_runs_as_written(script, tmp_path):
+    (tmp_path / "tools").symlink_to(ROOT / "tools")  # pages run `python tools/...` from the root
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(WORK=str(tmp_path), PYTHONPATH=str(ROOT),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
