@@ -250,3 +250,30 @@ def test_mt5_has_no_heads_to_map(tmp_path):
     with pytest.raises(experiment.ConfigError, match="one LM head"):
         transfer.resolve(exp)
 
+
+
+@pytest.mark.slow
+def test_demo_chain_pre_finetune_then_ctkfacts_against_scratch(tmp_path):
+    """The chain of docs/transfer.md at tiny size: pre-finetune on the demo mixture, fine-tune on
+    CTKFacts from it (own head, and XNLI format), and CTKFacts from scratch for the same steps."""
+    pre = tmp_path / "pre"
+    assert train_cli.main(_argv(pre, "TrainConfig.mixture=demo_cls")) == 0
+    ft = ["TrainConfig.num_steps=None", "TrainConfig.num_epochs=0.02",
+          "TrainConfig.final_eval_split=test"]
+    runs = {"scratch": ("ctkfacts_nli_cls", None), "own_head": ("ctkfacts_nli_cls", pre),
+            "xnli_format": ("ctkfacts_xnli_cls", pre)}
+    reports = {}
+    for name, (mixture, start) in runs.items():
+        extra = [f"TrainConfig.init_from={start}"] if start else []
+        assert train_cli.main(_argv(tmp_path / name, *ft, f"TrainConfig.mixture={mixture}",
+                                    *extra)) == 0
+        reports[name] = json.loads((tmp_path / name / "results_test.json").read_text())
+        steps = [json.loads(x)["step"] for x in (tmp_path / name / "metrics.jsonl").read_text()
+                 .splitlines() if json.loads(x)["kind"] == "train"]
+        assert steps == [1, 2, 3]  # ceil(0.02 * 1200 / 8)
+    assert "init_from" not in reports["scratch"]["extra"]
+    assert reports["own_head"]["extra"]["init_from"]["heads"] == {"ctkfacts_nli": "ctkfacts_nli"}
+    assert reports["xnli_format"]["extra"]["init_from"]["heads"] == {"xnli": "xnli"}
+    for report in reports.values():
+        (dataset,) = report["metrics"]
+        assert 0.0 <= report["metrics"][dataset]["cs"]["macro_f1"] <= 1.0
