@@ -12,7 +12,6 @@ from typing import Any
 from mtl_jax.models.families import FAMILY_NAMES as FAMILIES
 from mtl_jax.models.families import get_family
 
-
 DEFAULT_NUM_STEPS = 1000
 
 

@@ -32,8 +32,8 @@ TINY_XLMR = [
 ]  # fmt: skip
 SOURCE_TASKS = ["xnli_cls_en", "pawsx_cls_en", "ctkfacts_nli_cls_cs"]
 SOURCE_MIXTURE = [
-    "TrainConfig.mixtures=[{'name': 'chain_src', 'tasks': %r, 'evaluation_tasks': %r}]"
-    % (SOURCE_TASKS, SOURCE_TASKS),
+    f"TrainConfig.mixtures=[{{'name': 'chain_src', 'tasks': {SOURCE_TASKS!r}, "
+    f"'evaluation_tasks': {SOURCE_TASKS!r}}}]",
     "TrainConfig.mixture=chain_src",
 ]
 BUNDLED_CTK = Path(__file__).resolve().parents[1] / "mtl_jax/data/assets/samples/ctkfacts"
@@ -277,3 +277,28 @@ def test_demo_chain_pre_finetune_then_ctkfacts_against_scratch(tmp_path):
     for report in reports.values():
         (dataset,) = report["metrics"]
         assert 0.0 <= report["metrics"][dataset]["cs"]["macro_f1"] <= 1.0
+
+
+TINY_T5 = ["T5Config.d_model=32", "T5Config.d_kv=8", "T5Config.d_ff=64", "T5Config.num_heads=4",
+           "T5Config.num_layers=1", "T5Config.num_decoder_layers=1", "TrainConfig.pack=False",
+           "TrainConfig.sequence_length={'inputs': 32, 'targets': 16}", "TrainConfig.num_steps=1",
+           "TrainConfig.eval_every=1", "TrainConfig.batch_size=8", "TrainConfig.eval_batch_size=8",
+           "TrainConfig.max_eval_examples=4", "TrainConfig.progress=False",
+           "TrainConfig.async_checkpoints=False"]  # fmt: skip
+
+
+def test_mt5_chain_copies_every_parameter_across_mixtures(tmp_path):
+    run = tmp_path / "src"
+    argv = ["--gin_file=demo_mt5.gin", *[f"--gin_param={p}" for p in (
+        *TINY_T5, f"TrainConfig.model_dir={run}", "TrainConfig.mixture=ctkfacts_nli_t2t")]]
+    assert train_cli.main(argv) == 0
+    src, _ = _source_params(run)
+    gin_config.parse(["demo_mt5.gin"], [*TINY_T5, f"TrainConfig.model_dir={tmp_path / 'new'}",
+                                        f"TrainConfig.init_from={run}",
+                                        "TrainConfig.mixture=ctkfacts_xnli_t2t",
+                                        "TrainConfig.mesh_data=2", "TrainConfig.mesh_fsdp=4"])
+    exp = experiment.build(configurables.train_config())
+    got = _flat(transfer.initial_state(exp, transfer.resolve(exp)).params)
+    assert sorted(got) == sorted(src)
+    for k, v in src.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
