@@ -160,6 +160,8 @@ def initial_state(exp: Experiment, source: InitSource) -> TrainState:
     source has none to give, fresh LoRA matrices, a fresh optimizer state."""
     _, fresh, _ = create_train_state(model_factory(exp.cfg.family, exp.config, exp.cfg.seed),
                                      exp.optimizer, exp.mesh, exp.rules, seed=exp.cfg.seed)
+    fresh_params, fresh_rest = fresh.params, fresh.rest
+    del fresh  # its optimizer state is rebuilt below; free it before the source is read
     flat_abstract = traverse_util.flatten_dict(exp.abstract_state.params)
     flat_shardings = traverse_util.flatten_dict(exp.shardings.params)
     source_lora = source.record.get("lora")
@@ -177,15 +179,15 @@ def initial_state(exp: Experiment, source: InitSource) -> TrainState:
         source_heads = _read_source_heads(exp, source, checkpoint)
     if source_lora is not None:
         restored = _fold_lora(restored, source_lora)
-    flat = dict(traverse_util.flatten_dict(fresh.params))
+    flat = dict(traverse_util.flatten_dict(fresh_params))
     flat.update(restored)
     params = traverse_util.unflatten_dict(flat)
     if source_heads is not None:
-        heads = _assemble_heads(jax.device_get(fresh.params[HEADS]), source_heads, exp, source)
+        heads = _assemble_heads(jax.device_get(fresh_params[HEADS]), source_heads, exp, source)
         params[HEADS] = part.host_to_global(heads, exp.shardings.params[HEADS])
     log.info("init_from: parameters of %s step %d%s", source.checkpoints, source.step,
              "".join(f"; head {h} <- {s or 'fresh'}" for h, s in source.heads.items()))
-    return state_from_params(exp.graphdef, params, fresh.rest, exp.optimizer, exp.shardings,
+    return state_from_params(exp.graphdef, params, fresh_rest, exp.optimizer, exp.shardings,
                              seed=exp.cfg.seed)
 
 

@@ -212,6 +212,30 @@ def test_lora_on_a_chained_run_starts_with_the_source_outputs(source_run, tmp_pa
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def _logits(graphdef, params, rest, vocab_size: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, vocab_size, (4, 12)).astype(np.int32)
+    model = merge_model(graphdef, jax.device_get(params), jax.device_get(rest))
+    return np.asarray(model(ids, np.ones_like(ids), task_id=np.array([0, 1, 2, 0], np.int32))["logits"])
+
+
+def test_a_lora_source_is_folded_into_the_new_runs_kernels(tmp_path):
+    run = tmp_path / "lora_src"
+    lora = ["XLMRConfig.lora=@LoRAConfig()", "LoRAConfig.rank=4", "LoRAConfig.alpha=8"]
+    assert train_cli.main(_argv(run, *SOURCE_MIXTURE, *lora)) == 0
+    with RunCheckpoint(run) as ck:
+        src_exp = experiment.build(gin_config.checkpoint_train_config(ck, [], []), training=False)
+        params, rest = src_exp.restore_params(ck)
+    assert any(np.asarray(v).any() for k, v in _flat(params).items() if k.endswith("lora_b"))
+    cfg = _cfg(tmp_path / "new", f"TrainConfig.init_from={run}", *SOURCE_MIXTURE)
+    exp = experiment.build(cfg)
+    state = transfer.initial_state(exp, transfer.resolve(exp))
+    assert not any("lora_" in k for k in _flat(state.params))
+    want = _logits(src_exp.graphdef, params, rest, exp.config.vocab_size)
+    got = _logits(exp.graphdef, state.params, state.rest, exp.config.vocab_size)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_num_epochs_sets_the_steps_and_excludes_num_steps(tmp_path):
     rows = sum(1 for line in (BUNDLED_CTK / "train.jsonl").read_text().splitlines() if line.strip())
     cfg = _cfg(tmp_path / "r", "TrainConfig.num_steps=None", "TrainConfig.num_epochs=2.5",
