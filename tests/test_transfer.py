@@ -131,6 +131,10 @@ def test_head_mapping_reuses_a_source_head_and_checks_label_counts(source_run, t
     got = _flat(transfer.initial_state(exp, source).params)
     np.testing.assert_array_equal(got["heads/dense_kernel"][0],
                                   src["heads/dense_kernel"][record["heads"].index("xnli")])
+    # the spelling of the XNLI-format mapping (a dataset name as key) resolves the same
+    cfg = _cfg(tmp_path / "new", f"TrainConfig.init_from={source_run}",
+               "TrainConfig.mixture=ctkfacts_xnli_cls", "TrainConfig.init_heads={'ctkfacts_xnli': 'xnli'}")
+    assert transfer.resolve(experiment.build(cfg)).heads == {"xnli": "xnli"}
     # ctkfacts_nli has 3 labels, PAWS-X 2: a clear error
     cfg = _cfg(tmp_path / "new", f"TrainConfig.init_from={source_run}",
                "TrainConfig.mixture=ctkfacts_nli_cls", "TrainConfig.init_heads={'ctkfacts_nli': 'pawsx'}")
