@@ -42,9 +42,11 @@ PARAM_PREFIX = "param/"
 Batch = Mapping[str, np.ndarray]
 LossFn = Callable[[nnx.Module, Mapping[str, jax.Array], Mapping[str, jax.Array]], jax.Array]
 # Parameters whose Fisher is kept by default: all but the embedding tables (vocabulary-sized,
-# gradients only on the rows a task's text uses) and per-task heads / LM head (their shapes
-# differ between runs, so they cannot be compared across tasks).
-DEFAULT_PARAMS = r"^(?!.*(word_embeddings|position_embeddings|token_type_embeddings|shared|heads|lm_head)).*"
+# gradients only on the rows a task's text uses), per-task heads / LM head (their shapes differ
+# between runs, so they cannot be compared across tasks) and XLM-R's pooler (the heads read the
+# first token, so the pooler gets no gradient).
+DEFAULT_PARAMS = (r"^(?!.*(word_embeddings|position_embeddings|token_type_embeddings|shared|heads"
+                  r"|lm_head|pooler)).*")
 
 
 def _is_encdec(batch: Mapping[str, Any]) -> bool:

@@ -5,7 +5,8 @@ An embedding folder (written by ``python -m mtl_jax.task_embed``) holds one ``<t
 {task: {...provenance...}}}``). For a target task every source task is ranked per component by
 the cosine similarity of the two tasks' vectors; a method's rankings (all TaskEmb components; the
 one TextEmb component) are fused by reciprocal rank fusion, ``RRF(s) = sum_c 1 / (k + r_c(s))``
-with 1-based ranks and ``k = 60``; the methods' fused rankings are fused by RRF again. Parameter
+with 1-based ranks and ``k = 60``; the methods' fused rankings are fused by RRF again (equal fused scores are ordered by the summed
+method scores). Parameter
 Fisher vectors (``param/...``) are one component together: their concatenation.
 """
 
@@ -216,7 +217,9 @@ def rank_sources(target: str, sets: Sequence[EmbeddingSet], sources: Sequence[st
         fused = next(iter(method_scores.values()))
     else:
         fused = reciprocal_rank_fusion([ranks(v) for v in method_scores.values()])
-    order = sorted(chosen, key=lambda t: -fused[t])
+    # Equal fused scores (two methods that swap two sources) are ordered by the summed method
+    # scores, then by name.
+    order = sorted(chosen, key=lambda t: (-fused[t], -sum(m[t] for m in method_scores.values()), t))
     return Ranking(target, order, fused, method_scores, cosines)
 
 
