@@ -23,6 +23,8 @@ the reference does; it is the Fisher of a per-dimension offset shared by every t
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -98,20 +100,11 @@ def text_embedding(model: nnx.Module, batches: Iterable[Batch],
     """``{"text": [hidden]}``: the mean over examples of each example's mean final token state
     (padding masked). Raises when the batches hold no example."""
     graphdef, params, rest = split_model(model)
-
-    @jax.jit
-    def run(params: Any, rest: Any, batch: dict[str, jax.Array]) -> jax.Array:
-        states = final_token_states(merge_model(graphdef, params, rest), batch)
-        mask = token_mask(batch)
-        per_example = jnp.einsum("blh,bl->bh", states, mask) / jnp.maximum(
-            mask.sum(axis=1, keepdims=True), 1.0)
-        return per_example.sum(axis=0)  # rows without tokens are zeros
-
     total: np.ndarray | None = None
     count = 0
     for batch in batches:
         batch = _numeric(batch)
-        summed = np.asarray(run(params, rest, batch), np.float64)
+        summed = np.asarray(_text_step(graphdef, params, rest, batch), np.float64)
         total = summed if total is None else total + summed
         n = _examples(np.asarray(token_mask(batch)))
         count += n
@@ -122,18 +115,31 @@ def text_embedding(model: nnx.Module, batches: Iterable[Batch],
     return {TEXT_COMPONENT: (total / count).astype(np.float32)}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _text_step(graphdef: Any, params: Any, rest: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    """The batch's sum over examples of each example's mean final token state."""
+    states = final_token_states(merge_model(graphdef, params, rest), batch)
+    mask = token_mask(batch)
+    per_example = jnp.einsum("blh,bl->bh", states, mask) / jnp.maximum(
+        mask.sum(axis=1, keepdims=True), 1.0)
+    return per_example.sum(axis=0)  # rows without tokens are zeros
+
+
 # ------------------------------------------------------------------------------------------------
 # TaskEmb
 # ------------------------------------------------------------------------------------------------
 
 
-def objective_loss(objective: Any) -> LossFn:
+@dataclasses.dataclass(frozen=True)
+class ObjectiveLoss:
     """``loss(model, batch, probes)``: ``objective``'s loss (a training objective of
     ``mtl_jax.training.objectives`` with a per-batch mean normalisation) on a forward pass that
-    carries ``probes``."""
+    carries ``probes``. Hashable, so runs of one architecture share one compiled step."""
 
-    def loss(model: nnx.Module, batch: Mapping[str, jax.Array],
-             probes: Mapping[str, jax.Array]) -> jax.Array:
+    objective: Any
+
+    def __call__(self, model: nnx.Module, batch: Mapping[str, jax.Array],
+                 probes: Mapping[str, jax.Array]) -> jax.Array:
         if _is_encdec(batch):
             packing = {k: batch[k] for k in F.PACKING_FEATURES if k in batch}
             outputs = model(batch[F.ENCODER_INPUT_TOKENS], batch[F.DECODER_INPUT_TOKENS],
@@ -142,10 +148,13 @@ def objective_loss(objective: Any) -> LossFn:
             extra = {F.TOKEN_TYPE_IDS: batch[F.TOKEN_TYPE_IDS]} if F.TOKEN_TYPE_IDS in batch else {}
             outputs = model(batch[F.INPUT_IDS], batch[F.ATTENTION_MASK], batch[F.TASK_ID],
                             **extra, probes=dict(probes))
-        value, _ = objective.finalize(objective.terms_from(outputs, batch))
+        value, _ = self.objective.finalize(self.objective.terms_from(outputs, batch))
         return value
 
-    return loss
+
+def objective_loss(objective: Any) -> ObjectiveLoss:
+    """The task loss of ``objective`` as a ``LossFn`` (see ``ObjectiveLoss``)."""
+    return ObjectiveLoss(objective)
 
 
 def parameter_paths(model: nnx.Module, pattern: str | None) -> list[str]:
@@ -173,34 +182,7 @@ def fisher_embedding(
     (named as in ``probe_shapes``, flattened to ``[width]``) and of the parameters
     ``param_pattern`` selects (``param/<path>``, in the parameter's shape)."""
     graphdef, params, rest = split_model(model)
-    selected = set(parameter_paths(model, param_pattern))
-
-    @jax.jit
-    def run(params: Any, rest: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        b, length = batch[F.ENCODER_INPUT_TOKENS if _is_encdec(batch) else F.INPUT_IDS].shape
-        shapes = merge_model(graphdef, params, rest).probe_shapes(b, length)
-        probes = {k: jnp.zeros(s, jnp.float32) for k, s in shapes.items()}
-
-        def loss(params: Any, probes: Any) -> jax.Array:
-            return loss_fn(merge_model(graphdef, params, rest), batch, probes)
-
-        grad_params, grad_probes = jax.grad(loss, argnums=(0, 1))(params, probes)
-        mask = token_mask(batch)
-        tokens = jnp.maximum(mask.sum(), 1.0)
-        out: dict[str, jax.Array] = {}
-        for name, g in grad_probes.items():
-            g = g.astype(jnp.float32)
-            if g.ndim == 2:  # one state per example (the first token)
-                summed = g.sum(axis=0)
-            else:
-                summed = jnp.einsum("blh,bl->h", g.reshape(b, length, -1), mask)
-            out[name] = jnp.square(summed) / tokens
-        for path, g in jax.tree_util.tree_flatten_with_path(grad_params)[0]:
-            name = path_str(path)
-            if name in selected:
-                out[PARAM_PREFIX + name] = jnp.square(g.astype(jnp.float32))
-        return out
-
+    selected = tuple(parameter_paths(model, param_pattern))
     totals: dict[str, np.ndarray] = {}
     count = 0
     for batch in batches:
@@ -208,7 +190,7 @@ def fisher_embedding(
         n = _examples(np.asarray(token_mask(batch)))
         if n == 0:
             continue
-        for name, value in run(params, rest, batch).items():
+        for name, value in _fisher_step(graphdef, loss_fn, selected, params, rest, batch).items():
             value = np.asarray(value, np.float64)
             totals[name] = value if name not in totals else totals[name] + value
         count += n
@@ -217,3 +199,33 @@ def fisher_embedding(
     if count == 0:
         raise ValueError("TaskEmb: the task gave no example (empty split?)")
     return {k: (v / count).astype(np.float32) for k, v in totals.items()}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _fisher_step(graphdef: Any, loss_fn: LossFn, selected: tuple[str, ...], params: Any, rest: Any,
+                 batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """One batch's Fisher terms (see the module docstring); compiled once per architecture,
+    loss and parameter selection."""
+    b, length = batch[F.ENCODER_INPUT_TOKENS if _is_encdec(batch) else F.INPUT_IDS].shape
+    shapes = merge_model(graphdef, params, rest).probe_shapes(b, length)
+    probes = {k: jnp.zeros(s, jnp.float32) for k, s in shapes.items()}
+
+    def loss(params: Any, probes: Any) -> jax.Array:
+        return loss_fn(merge_model(graphdef, params, rest), batch, probes)
+
+    grad_params, grad_probes = jax.grad(loss, argnums=(0, 1))(params, probes)
+    mask = token_mask(batch)
+    tokens = jnp.maximum(mask.sum(), 1.0)
+    out: dict[str, jax.Array] = {}
+    for name, g in grad_probes.items():
+        g = g.astype(jnp.float32)
+        if g.ndim == 2:  # one state per example (the first token)
+            summed = g.sum(axis=0)
+        else:
+            summed = jnp.einsum("blh,bl->h", g.reshape(b, length, -1), mask)
+        out[name] = jnp.square(summed) / tokens
+    for path, g in jax.tree_util.tree_flatten_with_path(grad_params)[0]:
+        name = path_str(path)
+        if name in selected:
+            out[PARAM_PREFIX + name] = jnp.square(g.astype(jnp.float32))
+    return out
