@@ -10,6 +10,7 @@ import helpers
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from mtl_jax.evaluation import task_embeddings as te
 from mtl_jax.evaluation import task_ranking as tr
@@ -292,3 +293,22 @@ def test_ranking_errors_name_the_problem(tmp_path):
         tr.load_embeddings(tmp_path / "nothing")
     with pytest.raises(tr.EmbeddingError, match="holds taskemb"):
         tr.save_embedding(tmp_path / "taskemb", "textemb", "x", {"text": np.ones(2)}, {})
+
+
+def test_zero_probes_leave_the_outputs_unchanged_and_unknown_names_fail():
+    from mtl_jax.models.xlmr import XLMRConfig
+
+    config = XLMRConfig(vocab_size=61, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=24, max_position_embeddings=24, task_num_labels=(3,))
+    model = helpers.xlmr_random_model(config, 0)
+    ids, mask = helpers.xlmr_inputs(config, 1, batch=2, length=7)
+    task = np.zeros(2, np.int32)
+    probes = {k: np.zeros(s, np.float32) for k, s in model.probe_shapes(2, 7).items()}
+    assert sorted(probes) == ["cls", "layers/0/attention", "layers/0/output",
+                              "layers/1/attention", "layers/1/output"]
+    run = nnx.jit(lambda m, p: m(ids, mask, task, probes=p)["logits"])
+    np.testing.assert_array_equal(np.asarray(run(model, None)), np.asarray(run(model, probes)))
+    with pytest.raises(ValueError, match=r"no probe point\(s\) \['layers/2/output'\]"):
+        run(model, {"layers/2/output": np.zeros((2, 7, 16), np.float32)})
+    with pytest.raises(ValueError, match="probe 'output' has shape"):
+        run(model, {"layers/0/output": np.zeros((2, 6, 16), np.float32)})
