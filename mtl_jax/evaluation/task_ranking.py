@@ -198,11 +198,12 @@ def rank_sources(target: str, sets: Sequence[EmbeddingSet], sources: Sequence[st
         if not target_vecs:
             raise EmbeddingError(f"{s.directory}: no component of {target!r} matches "
                                  f"{components!r}")
+        source_vecs = {src: component_vectors(s.vectors[src], components) for src in chosen}
         per_component: dict[str, dict[str, float]] = {}
         for name, vec in target_vecs.items():
             row = {}
             for src in chosen:
-                other = component_vectors(s.vectors[src], components).get(name)
+                other = source_vecs[src].get(name)
                 if other is None or np.shape(other) != np.shape(vec):
                     raise EmbeddingError(
                         f"{s.directory}: component {name!r} of {src!r} "
