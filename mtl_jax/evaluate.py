@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     step = checkpoint.step
-    evaluator = exp.evaluator(args.split, infos)
     try:
-        outcome = evaluator.evaluate(params, rest, step)  # every process takes part
+        outcome, table = exp.evaluate_split(params, rest, step, args.split, infos)  # every process
     except (FileNotFoundError, ValueError, KeyError) as e:
         if os.environ.get("MTL_JAX_DEBUG"):
             raise
@@ -96,10 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.split} results of {checkpoint.directory} step {step} "
           f"(average over all tasks and languages {100 * outcome.score:.2f}):")
     print(outcome.summary)
-    from mtl_jax.evaluation.plots import eval_results
-
-    _, results = eval_results(outcome.records, split=args.split)
-    table = tables.build_report(results, evaluator.primary_metrics())
     out_dir = Path(args.output_dir) if args.output_dir else checkpoint.directory.parent
     paths = tables.save_report(table, out_dir, f"eval_{args.split}_step{step}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -73,21 +73,32 @@ def configure_datasets(cfg: TrainConfig) -> None:
         raise ConfigError(f"TrainConfig.{e}") from e
 
 
-def check_evaluation_data(cfg: TrainConfig, layout: TaskLayout) -> None:
-    """Read every evaluation file of the run's local sources now, so a missing file, column or
-    an undeclared label stops the run before training (the bundled samples are known good)."""
+def check_evaluation_data(cfg: TrainConfig, layout: TaskLayout, split: str | None = None) -> None:
+    """Read every evaluation file (``split``, default the eval split) of the run's local sources
+    now, so a missing file, column or an undeclared label stops the run before training (the
+    bundled samples are known good)."""
     from mtl_jax.data import sources
 
+    split = split or cfg.eval_split
     for name in layout.eval_tasks:
         info = tasks.task_info(name)
-        if cfg.eval_split not in info.splits:
+        if split not in info.splits:
             continue
         if sources.get_source(info.source_dataset).kind != "local":
             continue
         try:
-            tasks.source_examples(name, cfg.eval_split)
+            tasks.source_examples(name, split)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"evaluation task {name!r}: {e}") from e
+
+
+def check_final_split(exp: Experiment, split: str) -> None:
+    """``TrainConfig.final_eval_split``: some evaluation task has the split, and its local files
+    read now (not after the whole training run)."""
+    if not exp.eval_infos(split):
+        raise ConfigError(f"TrainConfig.final_eval_split={split!r}: no evaluation task of mixture "
+                          f"{exp.cfg.mixture!r} has a {split!r} split")
+    check_evaluation_data(exp.cfg, exp.layout, split)
 
 
 def configure_sources(cfg: TrainConfig) -> None:
@@ -157,6 +168,26 @@ def task_layout(cfg: TrainConfig, training: bool = True) -> TaskLayout:
             # A regression task is a 1-output head (MSE); span corruption has no label head.
             labels.append({"classification": t.num_classes, "regression": 1}.get(t.kind, 0))
     return TaskLayout(tuple(info.tasks), tuple(info.evaluation_tasks), tuple(heads), tuple(labels))
+
+
+def training_length(cfg: TrainConfig, training: bool = True) -> TrainConfig:
+    """``cfg`` with ``num_steps`` set: ``TrainConfig.num_epochs`` becomes
+    ``ceil(num_epochs * examples / batch_size)`` steps, counting the training examples of the
+    mixture's rule-weighted members (tasks held at a fixed share, like mC4, are not counted)."""
+    if cfg.num_epochs is None:
+        return cfg
+    if not training:  # evaluation and prediction use no learning-rate schedule
+        return dataclasses.replace(cfg, num_steps=1, num_epochs=None)
+    sizes = mixtures.mixture_info(cfg.mixture).sizes
+    examples = sum(sizes.values())
+    if examples < 1:
+        raise ConfigError(f"TrainConfig.num_epochs={cfg.num_epochs}: mixture {cfg.mixture!r} has "
+                          "no training examples to count epochs over")
+    steps = max(1, math.ceil(cfg.num_epochs * examples / cfg.batch_size))
+    log.info("TrainConfig.num_epochs=%g over %d training examples of mixture %s (%s) at batch "
+             "size %d: %d steps", cfg.num_epochs, examples, cfg.mixture,
+             ", ".join(f"{t} {n}" for t, n in sizes.items()), cfg.batch_size, steps)
+    return dataclasses.replace(cfg, num_steps=steps, num_epochs=None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -404,6 +435,19 @@ class Experiment:
                          self.eval_infos(split) if infos is None else infos, split,
                          eval_mode=self.cfg.eval_mode, max_examples=self.cfg.max_eval_examples)
 
+    def evaluate_split(self, params: Any, rest: Any, step: int, split: str,
+                       infos: Sequence[Any] | None = None,
+                       extra: dict[str, Any] | None = None) -> tuple[Any, Any]:
+        """``(outcome, table)``: ``params`` evaluated on ``split`` and its task x language table
+        (the evaluate CLI's and the training run's final evaluation). Every process calls it."""
+        from mtl_jax.evaluation import tables
+        from mtl_jax.evaluation.plots import eval_results
+
+        evaluator = self.evaluator(split, infos)
+        outcome = evaluator.evaluate(params, rest, step)
+        _, results = eval_results(outcome.records, split=split)
+        return outcome, tables.build_report(results, evaluator.primary_metrics(), extra=extra)
+
     def restore_params(self, checkpoint: RunCheckpoint) -> tuple[Any, Any]:
         """``(params, rest)`` of a training checkpoint, placed on this run's mesh; nothing of
         the optimizer is read. The stored model record must match this run's model."""
@@ -496,6 +540,7 @@ def build(cfg: TrainConfig, training: bool = True) -> Experiment:
     configure_sources(cfg)
     vocab = configure_vocabulary(cfg)
     layout = task_layout(cfg, training)
+    cfg = training_length(cfg, training)
     if training:
         check_evaluation_data(cfg, layout)
     config = model_config(cfg, layout, vocab.vocab_size)

@@ -12,6 +12,8 @@ from typing import Any
 from mtl_jax.models.families import FAMILY_NAMES as FAMILIES
 from mtl_jax.models.families import get_family
 
+DEFAULT_NUM_STEPS = 1000
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -53,7 +55,11 @@ class TrainConfig:
     # Fix it (a multiple of every process count you will use) to make runs on different numbers
     # of processes see the same batches and resume exactly across a resize. See docs/scaling.md.
     data_shards: int | None = None
-    num_steps: int = 1000
+    # Training length: num_steps updates, or num_epochs passes over the mixture's training
+    # examples (steps = ceil(num_epochs * examples / batch_size), computed when the run is built
+    # and logged). Give at most one; neither = 1000 steps.
+    num_steps: int | None = None
+    num_epochs: float | None = None
     eval_every: int = 200
     checkpoint_every: int | None = None
     keep_last: int = 2
@@ -63,6 +69,17 @@ class TrainConfig:
     # before the run stops with exit code 3; an isolated bad batch is skipped and training goes on.
     max_consecutive_skips: int = 3
     eval_split: str = "validation"
+    # After training, evaluate the best checkpoint on this split too (e.g. "test"); the table is
+    # saved as results_{split}.{md,csv,json} beside results.*. None = no final evaluation.
+    final_eval_split: str | None = None
+    # Chaining runs (docs/transfer.md). Start a fresh run from another run's PARAMETERS (not its
+    # optimizer state, step or data position): "RUN_DIR", "RUN_DIR@best" (the default step),
+    # "RUN_DIR@latest" or "RUN_DIR@N". A run that has checkpoints of its own resumes from them and
+    # ignores this. XLM-R heads are matched by head name: heads of tasks this run does not have are
+    # dropped, new ones are freshly initialised, and init_heads maps this run's head (or dataset)
+    # to the source run's head to reuse instead, e.g. {'ctkfacts_nli': 'xnli'}.
+    init_from: str | None = None
+    init_heads: dict[str, str] = dataclasses.field(default_factory=dict)
     eval_mode: str = "rank"  # rank | greedy (t5 only)
     eval_batch_size: int = 64
     max_eval_examples: int | None = None  # per (task, language); None = all
@@ -93,6 +110,17 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.num_steps is not None and self.num_epochs is not None:
+            raise ValueError(
+                f"TrainConfig.num_steps={self.num_steps} and TrainConfig.num_epochs="
+                f"{self.num_epochs} are both set: give the training length one way")
+        if self.num_steps is None and self.num_epochs is None:
+            object.__setattr__(self, "num_steps", DEFAULT_NUM_STEPS)
+        if self.num_epochs is not None and not self.num_epochs > 0:
+            raise ValueError(f"TrainConfig.num_epochs must be > 0, got {self.num_epochs}")
+        if self.init_heads and not self.init_from:
+            raise ValueError("TrainConfig.init_heads is set but TrainConfig.init_from is not: "
+                             "head mapping only applies when starting from another run")
         if self.family not in FAMILIES:
             raise ValueError(f"TrainConfig.family must be one of {FAMILIES}, got {self.family!r}")
         if self.eval_mode not in ("rank", "greedy"):

@@ -75,7 +75,7 @@ def run(cfg) -> int:
     import gin
     import jax
 
-    from mtl_jax import experiment
+    from mtl_jax import experiment, transfer
     from mtl_jax.distributed import agree, preemption_sync_available
     from mtl_jax.evaluation import plots, tables
     from mtl_jax.features import count_real_tokens
@@ -84,9 +84,11 @@ def run(cfg) -> int:
     from mtl_jax.training.run_log import RunLog, read_records
 
     exp = experiment.build(cfg)
+    cfg = exp.cfg  # num_steps resolved (TrainConfig.num_epochs)
     model_dir = Path(cfg.model_dir)
     store_dir = model_dir / "checkpoints"
     latest = None
+    init_record = None  # where this run started (TrainConfig.init_from), kept across resumes
     # Every process must take the same branch (orbax synchronises processes inside): process 0's
     # view of the directory decides, before anyone writes to it.
     if agree(store_dir.is_dir()):
@@ -96,7 +98,18 @@ def run(cfg) -> int:
         if found is not None:
             latest, stored = found
             check_compatible(stored.get("model", {}), exp.model_record(), probe.step_path(latest))
+            init_record = stored.get("init_from")
         probe.close()
+    source = None
+    if latest is None and cfg.init_from:
+        source = transfer.resolve(exp)  # every check of the source before anything is written
+        init_record = source.as_record()
+    elif cfg.init_from:
+        log.info("MODEL_DIR has checkpoints of its own: resuming from step %d (TrainConfig."
+                 "init_from only sets the start of a fresh run)", latest)
+    final_split = cfg.final_eval_split
+    if final_split is not None:
+        experiment.check_final_split(exp, final_split)
     # From here on MODEL_DIR is ours to write.
     model_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -104,8 +117,15 @@ def run(cfg) -> int:
         print(exp.parameter_table(), flush=True)
     store = CheckpointStore(store_dir, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
                             async_save=cfg.async_checkpoints)
-    state = exp.abstract_state if agree(latest is not None) else exp.initial_state()
+    if agree(latest is not None):
+        state = exp.abstract_state
+    elif source is not None:
+        state = transfer.initial_state(exp, source)
+    else:
+        state = exp.initial_state()
     run_log = RunLog(model_dir)
+    if source is not None:
+        run_log.write({"step": 0, "kind": "init_from", "source": init_record})
     evaluator = exp.evaluator()
     loop_cfg = LoopConfig(
         num_steps=cfg.num_steps, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
@@ -116,6 +136,8 @@ def run(cfg) -> int:
                   # the tokenizer an export ships (convert jax-to-hf) and predict reads
                   "vocabulary": {"file": str(exp.vocabulary_file().absolute()),
                                  "extra_ids": int(getattr(exp.vocab, "extra_ids", 0) or 0)}}
+    if init_record is not None:
+        run_config["init_from"] = init_record
     state, result = run_loop(
         loop_cfg, state=state, state_shardings=exp.shardings, train_step=exp.train_step(),
         batches=exp.train_batches(), to_global=exp.to_global, evaluate=evaluator, store=store,
@@ -131,19 +153,39 @@ def run(cfg) -> int:
     if result.diverged:
         print(f"error: {result.diverged}", file=sys.stderr)
         return EXIT_DIVERGED
+    extra = {"init_from": init_record} if init_record is not None else {}
+    final_table = None
+    if final_split is not None and result.best_step is not None:
+        final_table = _evaluate_best(exp, store_dir, result.best_step, final_split, extra)
     if jax.process_index() == 0:
         records = list(read_records(model_dir))
         primary = evaluator.primary_metrics()
         if result.best_step is not None:
             _, results = plots.eval_results(records, step=result.best_step)
-            table = tables.build_report(results, primary)
+            table = tables.build_report(results, primary, extra=extra)
             tables.save_report(table, model_dir, "results")
             print(f"\nValidation results at the best step {result.best_step} "
                   f"(model-selection score {100 * result.best_score:.2f}):")
             print(tables.format_text(table))
+        if final_table is not None:
+            tables.save_report(final_table, model_dir, f"results_{final_split}")
+            print(f"\n{final_split} results of the best step {result.best_step}:")
+            print(tables.format_text(final_table))
+            print(f"wrote {model_dir}/results_{final_split}.md, .csv, .json")
         plots.plot_validation_curves(records, model_dir / "curves.png", primary_metrics=primary)
         print(f"\nwrote {model_dir}/results.md, results.csv, results.json, curves.png, metrics.jsonl")
     return 0
+
+
+def _evaluate_best(exp, store_dir: Path, step: int, split: str, extra: dict):
+    """The best checkpoint's parameters evaluated on ``split`` (TrainConfig.final_eval_split)."""
+    from mtl_jax.training.checkpoints import RunCheckpoint
+
+    with RunCheckpoint(store_dir, step) as checkpoint:
+        params, rest = exp.restore_params(checkpoint)
+    _, table = exp.evaluate_split(params, rest, step, split,
+                                  extra={"step": step, "split": split, **extra})
+    return table
 
 
 if __name__ == "__main__":

@@ -57,3 +57,35 @@ def test_bad_method_settings_name_the_binding():
     gin_config.parse(["demo_xlmr.gin"], ["TrainConfig.gradient_combiner=gradnorm"])
     with pytest.raises(experiment.ConfigError, match="gradient_combiner='gradnorm'"):
         experiment.gradient_combiner(configurables.train_config())
+
+
+# The CTKFacts recipes of docs/transfer.md: (file, mixture, starts from, heads, LoRA).
+CTK_RECIPES = [
+    ("target_{f}.gin", "ctkfacts_nli_{fmt}", None, ["ctkfacts_nli"], False),
+    ("prefinetuned_{f}.gin", "ctkfacts_nli_{fmt}", "/tmp/{final}@best", ["ctkfacts_nli"], False),
+    ("prefinetuned_xnli_format_{f}.gin", "ctkfacts_xnli_{fmt}", "/tmp/{final}@best", ["xnli"], False),
+    ("prefinetuned_lora_{f}.gin", "ctkfacts_nli_{fmt}", "/tmp/{final}@best", ["ctkfacts_nli"], True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("family,fmt,final", [("mt5", "t2t", "mt5_final"),
+                                              ("xlmr", "cls", "xlmr_final")])
+@pytest.mark.parametrize("recipe,mixture,init_from,heads,lora", CTK_RECIPES)
+def test_ctkfacts_recipes(family, fmt, final, recipe, mixture, init_from, heads, lora):
+    gin_config.parse([f"ctkfacts/{recipe.format(f=family)}"])
+    cfg = configurables.train_config()
+    assert cfg.mixture == mixture.format(fmt=fmt)
+    assert cfg.init_from == (init_from and init_from.format(final=final))
+    assert (cfg.num_epochs, cfg.num_steps, cfg.final_eval_split) == (100, None, "test")
+    assert cfg.require_pretrained and cfg.batch_size == 32
+    assert (cfg.model_config.lora is not None) == lora
+    assert list(experiment.task_layout(cfg, training=False).heads) == heads
+
+
+@pytest.mark.parametrize("family,fmt", [("mt5", "t2t"), ("xlmr", "cls")])
+def test_intermediate_task_recipe_trains_one_source_task(family, fmt):
+    gin_config.parse([f"ctkfacts/intermediate_{family}.gin"])
+    cfg = configurables.train_config()
+    experiment.configure_datasets(cfg)
+    assert mixtures.mixture_spec(cfg.mixture).tasks == (f"xnli_mix_{fmt}",)
+    assert cfg.init_from is None and cfg.num_steps == 20000

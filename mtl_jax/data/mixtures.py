@@ -16,6 +16,7 @@ Built-in mixtures (``{fmt}`` is ``t2t`` for mT5 or ``cls`` for XLM-R):
 | ``xglue_mc4_t2t`` | ``xglue_t2t`` + ``mc4_t2t_{lang}`` for the 20 mC4 languages | XGLUE part as ``xglue_t2t`` scaled to 95 %; mC4 a fixed 5 % split equally (0.25 % per language) |
 | ``xglue_mix_mc4_t2t`` | ``xglue_mix_t2t`` + the 20 mC4 languages (the thesis's final mT5 setup) | XGLUE part scaled to 99 %; mC4 a fixed 1 % split equally |
 | ``ctkfacts_{fmt}`` | ``ctkfacts_nli_{fmt}_cs`` + ``ctkfacts_xnli_{fmt}_cs`` (both CTKFacts formulations) | equal |
+| ``ctkfacts_nli_{fmt}`` / ``ctkfacts_xnli_{fmt}`` | one CTKFacts formulation alone (target fine-tuning; the XNLI format reuses the ``xnli`` head / ``xnli:`` prefix) | equal |
 | ``demo_{fmt}`` | ``xnli_mix_{fmt}`` + the five other XGLUE English train tasks + ``ctkfacts_nli_{fmt}_cs``, on the default (bundled) sources | equal |
 | ``glue_{fmt}`` | the nine GLUE train tasks (``glue_cola`` ... ``glue_wnli``); evaluated also on ``glue_mnli_mm`` | examples-proportional, cap K = 2^17 |
 | ``cs224n_{fmt}`` | ``cs224n_sst``, ``cs224n_quora``, ``cs224n_sts`` | examples-proportional |
@@ -377,6 +378,16 @@ def register_builtin_mixtures() -> list[str]:
             evaluation_tasks=_evaluation_tasks(CTKFACTS_DATASETS, fmt),
             description="CTKFacts NLI in both formulations (own labels; as XNLI)",
         )
+        for ds, what in (("ctkfacts_nli", "own labels (target-only and fresh-head fine-tuning)"),
+                         ("ctkfacts_xnli", "as XNLI: xnli head/prefix and labels (XNLI format)")):
+            register_mixture(
+                f"{ds}_{fmt}",
+                [f"{ds}_{fmt}_cs"],
+                "equal",
+                evaluation_tasks=_evaluation_tasks([ds], fmt),
+                description=f"CTKFacts NLI alone, {what}",
+            )
+            names.append(f"{ds}_{fmt}")
         register_mixture(
             f"demo_{fmt}",
             [f"xnli_mix_{fmt}", *xglue[1:], f"ctkfacts_nli_{fmt}_cs"],

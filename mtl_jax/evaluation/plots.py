@@ -175,3 +175,48 @@ def plot_validation_curves(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return write_atomic(path, buffer.getvalue())
+
+
+def plot_best_sources(
+    best: Mapping[str, str],
+    path: str | os.PathLike,
+    *,
+    tasks: Iterable[str] = (),
+    title: str | None = "best source task per target",
+) -> Path:
+    """Save a PNG of the tasks as nodes on a circle with an arrow from each target's best source
+    to the target (``best``: target -> source), as the intermediate-task figures draw them.
+    ``tasks`` adds nodes (and fixes their order) beyond the ones ``best`` names."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyArrowPatch
+
+    names = list(dict.fromkeys([*tasks, *best, *best.values()]))
+    if not names:
+        raise ValueError("no task to draw")
+    n = len(names)
+    pos = {t: (math.cos(math.pi / 2 - 2 * math.pi * i / n), math.sin(math.pi / 2 - 2 * math.pi * i / n))
+           for i, t in enumerate(names)}
+    fig = Figure(figsize=(6.4, 6.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for target, source in best.items():
+        if source == target:
+            continue
+        ax.add_patch(FancyArrowPatch(pos[source], pos[target], arrowstyle="-|>", mutation_scale=18,
+                                     shrinkA=22, shrinkB=22, linewidth=1.6, color="tab:blue",
+                                     connectionstyle="arc3,rad=0.12"))
+    targets = set(best)
+    for t, (x, y) in pos.items():
+        ax.scatter([x], [y], s=900, color="tab:orange" if t in targets else "lightgray",
+                   edgecolors="black", zorder=3)
+        ax.annotate(t, (x, y), xytext=(x * 1.28, y * 1.2), ha="center", va="center", fontsize=9)
+    ax.set_xlim(-1.6, 1.6)
+    ax.set_ylim(-1.45, 1.45)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if title:
+        ax.set_title(f"{title} (arrow: source -> target)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return write_atomic(path, buffer.getvalue())

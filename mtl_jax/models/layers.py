@@ -269,6 +269,24 @@ def add_embedding_noise(embedded: jax.Array, noise: jax.Array | None) -> jax.Arr
     return (embedded.astype(jnp.float32) + noise.astype(jnp.float32)).astype(embedded.dtype)
 
 
+def add_probe(x: jax.Array, probe: jax.Array | None, name: str = "probe") -> jax.Array:
+    """``x`` plus a zero-valued perturbation input: the gradient of a loss with respect to
+    ``probe`` at zero is its gradient with respect to this activation (task embeddings read the
+    Fisher information of component outputs this way). None leaves ``x`` untouched."""
+    if probe is None:
+        return x
+    if probe.shape != x.shape:
+        raise ValueError(f"probe {name!r} has shape {probe.shape}, the activation {x.shape}")
+    return x + probe.astype(x.dtype)
+
+
+def check_probe_names(probes: Any, known: Sequence[str], where: str) -> None:
+    """A probe name the model has no point for is an error listing the points it has."""
+    unknown = sorted(set(probes or ()) - set(known))
+    if unknown:
+        raise ValueError(f"{where} has no probe point(s) {unknown}; it has {list(known)}")
+
+
 def padding_mask(key_valid: jax.Array) -> jax.Array:
     """``[B, S]`` validity of keys -> ``[B, 1, 1, S]``."""
     return key_valid.astype(bool)[:, None, None, :]

@@ -28,8 +28,10 @@ from mtl_jax.models.layers import (
     RMSNorm,
     Rngs,
     add_embedding_noise,
+    add_probe,
     as_dtype,
     causal_mask,
+    check_probe_names,
     combine_masks,
     dot_product_attention,
     dropout,
@@ -395,6 +397,7 @@ class T5Attention(nnx.Module):
         mask: jax.Array | None,
         deterministic: bool,
         rngs: nnx.Rngs | None,
+        probe: jax.Array | None = None,
     ) -> jax.Array:
         drop = dict(deterministic=deterministic, rngs=rngs)
         return self.attend(
@@ -405,6 +408,7 @@ class T5Attention(nnx.Module):
             mask=mask,
             deterministic=deterministic,
             rngs=rngs,
+            probe=probe,
         )
 
     def attend(
@@ -417,8 +421,10 @@ class T5Attention(nnx.Module):
         mask: jax.Array | None,
         deterministic: bool,
         rngs: nnx.Rngs | None,
+        probe: jax.Array | None = None,
     ) -> jax.Array:
-        """Attention on already projected ``[B, T|S, N, H]`` tensors (the cached decode path)."""
+        """Attention on already projected ``[B, T|S, N, H]`` tensors (the cached decode path).
+        ``probe`` ``[B, T, N, H]`` is added to the heads' output before the out projection."""
         out = dot_product_attention(
             q,
             k,
@@ -431,7 +437,7 @@ class T5Attention(nnx.Module):
             deterministic=deterministic,
             rngs=rngs,
         )
-        return self.out(out, deterministic=deterministic, rngs=rngs)
+        return self.out(add_probe(out, probe, "attention"), deterministic=deterministic, rngs=rngs)
 
 
 class T5MLP(nnx.Module):
@@ -495,14 +501,17 @@ class T5EncoderLayer(nnx.Module):
         mask: jax.Array | None,
         deterministic: bool,
         rngs: nnx.Rngs | None,
+        probes: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
+        """``probes`` (``"attention"``, ``"output"``): zero perturbations of the heads' output
+        before its projection and of the block's output (``T5Model.probe_shapes``)."""
+        probes = probes or {}
         drop = dict(deterministic=deterministic, rngs=rngs)
         h = self.attention_norm(x)
-        x = x + dropout(
-            self.attention(h, h, bias=bias, mask=mask, **drop), self.dropout_rate, **drop
-        )
+        a = self.attention(h, h, bias=bias, mask=mask, probe=probes.get("attention"), **drop)
+        x = x + dropout(a, self.dropout_rate, **drop)
         h = self.mlp(self.mlp_norm(x), **drop)
-        return x + dropout(h, self.dropout_rate, **drop)
+        return add_probe(x + dropout(h, self.dropout_rate, **drop), probes.get("output"), "output")
 
 
 class T5DecoderLayer(nnx.Module):
@@ -599,13 +608,18 @@ class _T5Stack(nnx.Module):
         positions: jax.Array,
         deterministic: bool,
         rngs: nnx.Rngs | None,
+        probes: dict[str, jax.Array] | None = None,
         **layer_kwargs: jax.Array | None,
     ) -> jax.Array:
+        """``probes`` ``layers/{i}/{point}`` go to layer i as ``{point: array}``."""
         drop = dict(deterministic=deterministic, rngs=rngs)
         bias = self.relpos(positions, positions)
         x = dropout(x, self.dropout_rate, **drop)
-        for layer in self.layers:
-            x = layer(x, *layer_args, bias=bias, **layer_kwargs, **drop)
+        for i, layer in enumerate(self.layers):
+            prefix = f"layers/{i}/"
+            mine = {k[len(prefix):]: v for k, v in (probes or {}).items() if k.startswith(prefix)}
+            extra = {"probes": mine} if mine else {}
+            x = layer(x, *layer_args, bias=bias, **layer_kwargs, **extra, **drop)
         return dropout(self.final_norm(x), self.dropout_rate, **drop)
 
 
@@ -621,8 +635,10 @@ class T5Encoder(_T5Stack):
         mask: jax.Array | None,
         deterministic: bool,
         rngs: nnx.Rngs | None,
+        probes: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
-        return self._run(x, positions=positions, mask=mask, deterministic=deterministic, rngs=rngs)
+        return self._run(x, positions=positions, mask=mask, deterministic=deterministic, rngs=rngs,
+                         probes=probes)
 
 
 class T5Decoder(_T5Stack):
@@ -700,6 +716,18 @@ class T5Model(nnx.Module):
     def _positions(tokens: jax.Array, positions: jax.Array | None) -> jax.Array:
         return jnp.arange(tokens.shape[1])[None, :] if positions is None else positions
 
+    def probe_shapes(self, batch: int, length: int) -> dict[str, tuple[int, ...]]:
+        """Every probe point of the encoder and its shape (``length``: encoder tokens): per
+        layer the heads' output before the out projection (``encoder/layers/{i}/attention``,
+        ``[batch, length, heads, d_kv]``) and the block output (``encoder/layers/{i}/output``,
+        ``[batch, length, d_model]``, before the final norm)."""
+        c = self.config
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(c.num_layers):
+            shapes[f"encoder/layers/{i}/attention"] = (batch, length, c.num_heads, c.d_kv)
+            shapes[f"encoder/layers/{i}/output"] = (batch, length, c.d_model)
+        return shapes
+
     # -- forward ----------------------------------------------------------------------------------
 
     def encode(
@@ -711,10 +739,16 @@ class T5Model(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         embedding_noise: jax.Array | None = None,
+        probes: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
         """Encoder output ``[B, S, D]`` in the compute dtype. Padding = token 0; when packed,
         attention stays within each segment. ``embedding_noise`` ``[B, S, D]`` is added to the
-        encoder's token-embedding lookup before dropout (R3F, SMART)."""
+        encoder's token-embedding lookup before dropout (R3F, SMART). ``probes`` maps names of
+        ``probe_shapes`` to zero arrays added there (task embeddings differentiate with respect
+        to them)."""
+        if probes:
+            check_probe_names(probes, tuple(self.probe_shapes(1, 1)), "T5Model")
+        enc_probes = {k[len("encoder/"):]: v for k, v in (probes or {}).items()}
         _check_tokens("encoder_input_tokens", encoder_input_tokens)
         mask = combine_masks(
             padding_mask(self._encoder_valid(encoder_input_tokens)),
@@ -728,6 +762,7 @@ class T5Model(nnx.Module):
             mask=mask,
             deterministic=deterministic,
             rngs=rngs,
+            probes=enc_probes,
         )
 
     def decode(
@@ -794,6 +829,7 @@ class T5Model(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         embedding_noise: jax.Array | None = None,
+        probes: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
         encoded = self.encode(
             encoder_input_tokens,
@@ -802,6 +838,7 @@ class T5Model(nnx.Module):
             deterministic=deterministic,
             rngs=rngs,
             embedding_noise=embedding_noise,
+            probes=probes,
         )
         return self.decode(
             encoded,

@@ -28,7 +28,9 @@ from mtl_jax.models.layers import (
     Embed,
     LayerNorm,
     add_embedding_noise,
+    add_probe,
     as_dtype,
+    check_probe_names,
     dot_product_attention,
     dropout,
     eager_sharding_if_mesh,
@@ -239,15 +241,18 @@ class SelfAttention(nnx.Module):
         self.impl = config.attention_impl
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None
+        self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None,
+        probe: jax.Array | None = None,
     ) -> jax.Array:
-        """``mask`` ``[batch, 1, 1, length]``: padded keys get no weight (queries are all kept)."""
+        """``mask`` ``[batch, 1, 1, length]``: padded keys get no weight (queries are all kept).
+        ``probe`` ``[batch, length, heads, head_dim]`` is added to the heads' output before the
+        out projection (``layers.add_probe``)."""
         drop = dict(deterministic=deterministic, rngs=rngs)
         ctx = dot_product_attention(
             self.query(x, **drop), self.key(x, **drop), self.value(x, **drop), mask=mask,
             impl=self.impl, dropout_rate=self.dropout_rate, **drop,
         )
-        return self.out(ctx, **drop)
+        return self.out(add_probe(ctx, probe, "attention"), **drop)
 
 
 class XLMRLayer(nnx.Module):
@@ -263,13 +268,19 @@ class XLMRLayer(nnx.Module):
         self.dropout_rate = config.hidden_dropout_prob
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None
+        self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None,
+        probes: Mapping[str, jax.Array] | None = None,
     ) -> jax.Array:
-        a = self.attention(x, mask, deterministic=deterministic, rngs=rngs)
+        """``probes`` (``"attention"``, ``"output"``): zero perturbations of the heads' output
+        before its projection and of the block's output (``XLMRMultiTask.probe_shapes``)."""
+        probes = probes or {}
+        a = self.attention(x, mask, deterministic=deterministic, rngs=rngs,
+                           probe=probes.get("attention"))
         x = self.attention_norm(dropout(a, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x)
         drop = dict(deterministic=deterministic, rngs=rngs)
         h = self.output(ACTIVATIONS[self.activation](self.intermediate(x, **drop)), **drop)
-        return self.output_norm(dropout(h, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x)
+        out = self.output_norm(dropout(h, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x)
+        return add_probe(out, probes.get("output"), "output")
 
 
 class XLMREmbeddings(nnx.Module):
@@ -349,11 +360,14 @@ class XLMREncoder(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         embedding_noise: jax.Array | None = None,
+        probes: Mapping[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """``(hidden [batch, length, hidden], pooled [batch, hidden] or None)`` in the compute dtype.
 
         ``embedding_noise`` ``[batch, length, hidden]`` is added to the word-embedding lookup,
-        before position/type embeddings, layer norm and dropout (R3F, SMART)."""
+        before position/type embeddings, layer norm and dropout (R3F, SMART). ``probes``: zero
+        perturbations ``layers/{i}/attention`` and ``layers/{i}/output`` (see
+        ``XLMRMultiTask.probe_shapes``) whose gradients are those of the activations."""
         if input_ids.shape[-1] > self.config.max_position_length:
             raise ValueError(
                 f"input length {input_ids.shape[-1]} exceeds the position table "
@@ -363,8 +377,11 @@ class XLMREncoder(nnx.Module):
         mask = padding_mask(attention_mask)
         x = self.embeddings(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
                             rngs=rngs, embedding_noise=embedding_noise)
-        for layer in self.layers:
-            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+        probes = probes or {}
+        for i, layer in enumerate(self.layers):
+            mine = {k: probes[f"layers/{i}/{k}"] for k in ("attention", "output")
+                    if f"layers/{i}/{k}" in probes}
+            x = layer(x, mask, deterministic=deterministic, rngs=rngs, probes=mine)
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return x, pooled
 
@@ -392,6 +409,19 @@ class XLMRMultiTask(nnx.Module):
                 spectral_norm=config.head_spectral_norm,
             )
 
+    def probe_shapes(self, batch: int, length: int) -> dict[str, tuple[int, ...]]:
+        """Every probe point and its shape: per layer the heads' output before the out
+        projection (``layers/{i}/attention``, ``[batch, length, heads, head_dim]``) and the
+        block output (``layers/{i}/output``), and the first-token state the heads read (``cls``,
+        ``[batch, hidden]``; the heads use it, not the pooler)."""
+        c = self.config
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(c.num_hidden_layers):
+            shapes[f"layers/{i}/attention"] = (batch, length, c.num_attention_heads, c.head_dim)
+            shapes[f"layers/{i}/output"] = (batch, length, c.hidden_size)
+        shapes["cls"] = (batch, c.hidden_size)
+        return shapes
+
     def post_update(self) -> None:
         """Called by the train step after each optimizer update (R4F's power iteration)."""
         if self.heads is not None:
@@ -407,8 +437,12 @@ class XLMRMultiTask(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         embedding_noise: jax.Array | None = None,
+        probes: Mapping[str, jax.Array] | None = None,
     ) -> dict[str, jax.Array]:
         """Per-example outputs; every example uses its own task's head (selected inside the jit).
+
+        ``probes`` maps names of ``probe_shapes`` to zero arrays added at those points (task
+        embeddings differentiate the loss with respect to them); parameters are unaffected.
 
         Returns ``logits`` ``[batch, max_labels]`` float32 with classes beyond the example's task
         masked to the most negative float, ``regression`` ``[batch]`` float32 (the head's first
@@ -417,9 +451,13 @@ class XLMRMultiTask(nnx.Module):
         A ``task_id`` outside ``[0, T)`` cannot raise inside a jit: its row comes out NaN (JAX's
         out-of-bounds fill), which the loss then shows.
         """
+        if probes:
+            check_probe_names(probes, tuple(self.probe_shapes(1, 1)), "XLMRMultiTask")
+        probes = dict(probes or {})
+        cls_probe = probes.pop("cls", None)
         hidden, pooled = self.encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs,
-            embedding_noise=embedding_noise,
+            embedding_noise=embedding_noise, probes=probes,
         )
         out: dict[str, jax.Array] = {"hidden": hidden}
         if pooled is not None:
@@ -427,5 +465,6 @@ class XLMRMultiTask(nnx.Module):
         if self.heads is not None:
             if task_id is None:
                 raise ValueError("XLMRMultiTask has task heads: pass task_id [batch] (int32)")
-            out.update(self.heads(hidden[:, 0], task_id, deterministic=deterministic, rngs=rngs))
+            first = add_probe(hidden[:, 0], cls_probe, "cls")
+            out.update(self.heads(first, task_id, deterministic=deterministic, rngs=rngs))
         return out

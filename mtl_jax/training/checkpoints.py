@@ -321,18 +321,22 @@ def everywhere(ok: bool) -> bool:
 
 def check_compatible(stored: dict[str, Any], expected: dict[str, Any], where: Path | str) -> None:
     """Raise if two model configs differ in any field (both are plain JSON dicts)."""
-    keys = sorted(set(stored) | set(expected))
-    diffs = [
-        f"{k}: checkpoint={stored.get(k)!r} run={expected.get(k)!r}"
-        for k in keys
-        if _jsonable(stored.get(k)) != _jsonable(expected.get(k))
-    ]
+    diffs = model_differences(stored, expected)
     if diffs:
         raise IncompatibleCheckpointError(
             f"checkpoint {where} was written by an incompatible model; differing fields:\n  "
             + "\n  ".join(diffs)
             + "\nPoint MODEL_DIR at a fresh directory or restore the matching model config."
         )
+
+
+def model_differences(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """``"field: checkpoint=... run=..."`` for every field two model records disagree on."""
+    return [
+        f"{k}: checkpoint={stored.get(k)!r} run={expected.get(k)!r}"
+        for k in sorted(set(stored) | set(expected))
+        if _jsonable(stored.get(k)) != _jsonable(expected.get(k))
+    ]
 
 
 def _jsonable(value: Any) -> Any:
