@@ -220,6 +220,7 @@ def _assert_same_params(a: dict, b: dict, what: str) -> None:
         np.testing.assert_array_equal(a[name], b[name], err_msg=f"{what}: {name}")
 
 
+@pytest.mark.slow  # ~3 min / ~1 min of the default stage's 25-minute budget
 def test_infinite_learning_rate_stops_with_the_last_good_checkpoint_as_latest(base_run, tmp_path):
     run = _copy(base_run, tmp_path)
     good = runs.final_params(run, 4)

@@ -99,6 +99,7 @@ def test_two_processes_train_like_one(reference):
         str(one), str(two))
 
 
+@pytest.mark.slow  # ~3 min / ~1 min of the default stage's 25-minute budget
 def test_sigkill_of_one_process_then_preemption_then_resume_is_exact(reference, tmp_path):
     run = tmp_path / "interrupted"
     # 1) SIGKILL process 1 right after checkpoint 2: process 0 must not hang in a collective.
