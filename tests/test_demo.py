@@ -76,6 +76,7 @@ def test_demo_as_in_the_readme_learns_every_task(gin_file, chances, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.seeds
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 @pytest.mark.parametrize("gin_file", sorted(DEMOS))
 def test_demo_learns_every_task_on_other_seeds(gin_file, seed, chances, tmp_path):

@@ -1,8 +1,9 @@
 """Run the test suite: the fast stage (``-m "not slow"``) by default, the slow stage on request.
 
 pytest's exit code 5 ("no tests collected") counts as success so an empty stage never fails CI.
-``--slow`` (or ``MTL_JAX_SLOW=1``) runs both stages; ``--slow-only`` only the slow one (CI's second
-stage). Other arguments go to pytest.
+``--slow`` (or ``MTL_JAX_SLOW=1``) runs all three stages; ``--slow-only`` only the slow tests
+without the demo seeds (CI's second stage), ``--seeds-only`` the demos on seeds 1-4 (its third).
+Other arguments go to pytest.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ def _pytest(*args: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    slow_only = "--slow-only" in argv
-    slow = slow_only or "--slow" in argv or os.environ.get("MTL_JAX_SLOW") == "1"
-    extra = [a for a in argv if a not in ("--slow", "--slow-only")]
-    code = 0 if slow_only else _pytest("-m", "not slow", *extra)
-    if code == 0 and slow:
-        code = _pytest("-m", "slow", *extra)
+    stages = {"--slow-only": ("slow and not seeds",), "--seeds-only": ("seeds",)}
+    chosen = [flag for flag in stages if flag in argv]
+    slow = "--slow" in argv or os.environ.get("MTL_JAX_SLOW") == "1"
+    extra = [a for a in argv if a not in ("--slow", *stages)]
+    if chosen:
+        markers = [m for flag in chosen for m in stages[flag]]
+    else:
+        markers = ["not slow", "slow and not seeds", "seeds"] if slow else ["not slow"]
+    code = 0
+    for marker in markers:
+        code = _pytest("-m", marker, *extra)
+        if code != 0:
+            break
     return code
 
 
