@@ -154,10 +154,13 @@ class ModelRunner:
         rows = part.local_rows(self.batch_sharding, batch_size)
         cands = _trim_columns(inputs.candidates(info)) if mode == "rank" else None
         outs: list[dict[str, np.ndarray]] = []
+        tiled: np.ndarray | None = None  # the candidates per row, built once (every batch alike)
         for local in inputs.batches(info, examples, batch_size, rows):
             local = {k: v for k, v in local.items() if k != F.DECODER_INPUT_TOKENS}
             if cands is not None:
-                local[CANDIDATES] = np.broadcast_to(cands, (len(local[VALID]), *cands.shape)).copy()
+                if tiled is None or len(tiled) != len(local[VALID]):
+                    tiled = np.broadcast_to(cands, (len(local[VALID]), *cands.shape)).copy()
+                local[CANDIDATES] = tiled
             glob = part.global_batch(local, self.mesh, self.batch_sharding)
             outs.append(to_host(self.step(mode)(params, rest, glob)))
             if progress is not None:
