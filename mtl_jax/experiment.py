@@ -259,13 +259,14 @@ def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Seq
     )
 
 
-def objective(cfg: TrainConfig, layout: TaskLayout) -> Any:
-    """The family's objective, with Muppet loss scaling and wrapped in R3F when configured."""
+def objective(cfg: TrainConfig, layout: TaskLayout, vocab_size: int | None = None) -> Any:
+    """The family's objective, with Muppet loss scaling and wrapped in R3F when configured;
+    ``vocab_size`` is the model's (unpadded) vocabulary, what text-to-text scaling divides by."""
     try:
         if get_family(cfg.family).encoder_decoder:
             base: Any = EncoderDecoderObjective(
                 num_tasks=len(layout.heads), normalization=cfg.loss_normalization or "tokens",
-                z_loss=cfg.z_loss, loss_scaling=cfg.loss_scaling,
+                z_loss=cfg.z_loss, loss_scaling=cfg.loss_scaling, vocab_size=vocab_size,
             )
         else:
             base = ClassificationObjective(
@@ -369,7 +370,8 @@ class Experiment:
 
     def train_step(self) -> Any:
         return make_train_step(
-            self.graphdef, objective(self.cfg, self.layout), self.optimizer, self.mesh,
+            self.graphdef, objective(self.cfg, self.layout, self.config.vocab_size),
+            self.optimizer, self.mesh,
             self.shardings, self.batch_sharding, self.cfg.micro_batches, rules=self.rules,
             deterministic=not self.cfg.dropout, combiner=gradient_combiner(self.cfg),
         )

@@ -256,7 +256,8 @@ def taskemb(args: argparse.Namespace) -> int:
                              f"{exp.cfg.family} ({exp.family.task_format} tasks)")
         # The task loss alone (no R3F term), as a mean over the batch (the reference's).
         objective = experiment.objective(
-            dataclasses.replace(exp.cfg, r3f=None, loss_normalization=None), exp.layout)
+            dataclasses.replace(exp.cfg, r3f=None, loss_normalization=None), exp.layout,
+            exp.config.vocab_size)
         examples, batches = _batches(exp.cfg, exp.layout, exp.vocab, info, args)
         bar = _progress_bar(args.progress, len(examples), f"TaskEmb {name}")
         vectors = te.fisher_embedding(model, te.objective_loss(objective), batches, pattern,

@@ -165,7 +165,7 @@ def test_gin_model_config_parameter_count_matches_transformers(size):
     entries = hf_t5.parameter_map(config)
     assert {e.hf for e in entries} == set(hf_params)
     for e in entries:
-        assert hf_t5.hf_shape(e.kind, tuple(flat[e.ours].shape)) == tuple(hf_params[e.hf].shape), (
+        assert hf_t5.hf_shape(e.kind, tuple(flat[e.ours].shape), config) == tuple(hf_params[e.hf].shape), (
             e.hf
         )
     if size in PUBLISHED_PARAMS:

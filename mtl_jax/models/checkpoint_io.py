@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from mtl_jax.models import lora
+from mtl_jax.models import lora, vocab_padding
 from mtl_jax.models.families import get_family
 from mtl_jax.models.t5 import T5Config
 from mtl_jax.models.xlmr import XLMRConfig
@@ -59,13 +59,14 @@ def config_to_json(config: ModelConfig) -> dict[str, Any]:
 def config_from_fields(family: str, fields: Mapping[str, Any], where: str = "config",
                        **overrides: Any) -> ModelConfig:
     """A ``T5Config``/``XLMRConfig`` from stored fields; unknown fields are an error, missing ones
-    take the class defaults (training records drop dtype and dropout fields on purpose)."""
+    take the class defaults (training records drop dtype and dropout fields on purpose), except
+    ``vocab_pad_multiple``: a record without it predates vocabulary padding (1, unpadded)."""
     cls = get_family(family).config_cls
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"{where}: fields {unknown} are not {cls.__name__} fields (family {family!r})")
-    return cls(**{**fields, **overrides})
+    return cls(**{**vocab_padding.stored_fields(fields), **overrides})
 
 
 def abstract_model(family: str, config: ModelConfig) -> nnx.Module:

@@ -3,8 +3,9 @@
 One table (:func:`parameter_map`) lists every HF tensor with our parameter path and layout change,
 and both directions are derived from it, so a round trip reproduces every tensor bit for bit.
 Layouts: HF ``nn.Linear`` weights are ``[out, in]``; ours are ``[in, out]`` with attention split
-into heads (``q/k/v``: ``[embed, heads, kv]``, ``o``: ``[heads, kv, embed]``). Files are read and
-written by :mod:`mtl_jax.models.hf_io`.
+into heads (``q/k/v``: ``[embed, heads, kv]``, ``o``: ``[heads, kv, embed]``); our vocabulary
+tables have ``config.padded_vocab_size`` rows, zero-padded on import and cut on export
+(``vocab_rows``/``vocab_linear``). Files are read and written by :mod:`mtl_jax.models.hf_io`.
 
 LoRA: a config with ``lora`` loads the HF weights into the base and gives the LoRA matrices a
 fresh start (B = 0: the same function as the checkpoint). Export writes the merged model
@@ -22,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mtl_jax.models import hf_io, lora, peft_adapter
+from mtl_jax.models import hf_io, lora, peft_adapter, vocab_padding
 from mtl_jax.models.t5 import T5Config, T5Model
 
 Path_ = tuple[str | int, ...]
-Kind = Literal["copy", "linear", "attn_in", "attn_out"]
+Kind = Literal["copy", "linear", "attn_in", "attn_out", "vocab_rows", "vocab_linear"]
 
 # Copies of ``shared.weight`` (HF ties them) and a tensor some old checkpoints carry but no model uses.
 _TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -44,7 +45,7 @@ class Entry:
 
 def parameter_map(config: T5Config) -> list[Entry]:
     """Every parameter of ``T5Model(config)`` with its Hugging Face name."""
-    out = [Entry("shared.weight", ("shared", "embedding"), "copy")]
+    out = [Entry("shared.weight", ("shared", "embedding"), "vocab_rows")]
     ff = ("wi_0", "wi_1", "wo") if config.is_gated else ("wi", "wo")
 
     def attention(hf: str, ours: Path_) -> list[Entry]:
@@ -109,7 +110,7 @@ def parameter_map(config: T5Config) -> list[Entry]:
             Entry(f"{stack}.final_layer_norm.weight", (stack, "final_norm", "scale"), "copy")
         )
     if not config.tie_word_embeddings:
-        out.append(Entry("lm_head.weight", ("lm_head", "kernel"), "linear"))
+        out.append(Entry("lm_head.weight", ("lm_head", "kernel"), "vocab_linear"))
     return out
 
 
@@ -117,6 +118,10 @@ def to_ours(kind: Kind, x: np.ndarray, config: T5Config) -> np.ndarray:
     n, h, d = config.num_heads, config.d_kv, config.d_model
     if kind == "copy":
         return x
+    if kind == "vocab_rows":
+        return vocab_padding.pad(x, 0, config.padded_vocab_size)
+    if kind == "vocab_linear":
+        return vocab_padding.pad(x.T, 1, config.padded_vocab_size)
     if kind == "linear":
         return x.T
     if kind == "attn_in":
@@ -128,6 +133,10 @@ def to_hf(kind: Kind, x: np.ndarray, config: T5Config) -> np.ndarray:
     n, h, d = config.num_heads, config.d_kv, config.d_model
     if kind == "copy":
         return x
+    if kind == "vocab_rows":
+        return vocab_padding.unpad(x, 0, config.vocab_size)
+    if kind == "vocab_linear":
+        return vocab_padding.unpad(x, 1, config.vocab_size).T
     if kind == "linear":
         return x.T
     if kind == "attn_in":
@@ -135,12 +144,15 @@ def to_hf(kind: Kind, x: np.ndarray, config: T5Config) -> np.ndarray:
     return x.reshape(n * h, d).T
 
 
-def hf_shape(kind: Kind, ours_shape: tuple[int, ...]) -> tuple[int, ...]:
+def hf_shape(kind: Kind, ours_shape: tuple[int, ...], config: T5Config) -> tuple[int, ...]:
     """The HF tensor shape of one of our parameter shapes (no data needed)."""
     if kind == "copy":
         return ours_shape
-    if kind == "linear":
-        return ours_shape[::-1]
+    if kind == "vocab_rows":
+        return (config.vocab_size, *ours_shape[1:])
+    if kind in ("linear", "vocab_linear"):
+        shape = ours_shape[::-1]
+        return (config.vocab_size, *shape[1:]) if kind == "vocab_linear" else shape
     if kind == "attn_in":
         return (ours_shape[1] * ours_shape[2], ours_shape[0])
     return (ours_shape[2], ours_shape[0] * ours_shape[1])
@@ -285,12 +297,17 @@ def export_lora_adapter(
     if model.config.lora is None:
         raise ValueError("export_lora_adapter: the model has no LoRA (T5Config.lora is None)")
     entries = parameter_map(model.config)
-    hf_module = {e.ours[:-1]: e.hf.removesuffix(".weight") for e in entries if e.kind != "copy"}
+    dense = [e for e in entries if e.kind not in ("copy", "vocab_rows")]
+    hf_module = {e.ours[:-1]: e.hf.removesuffix(".weight") for e in dense}
+    vocab_out = {e.ours[:-1] for e in dense if e.kind == "vocab_linear"}
     weights = {}
     for path, layer in lora.lora_layers(model):
         if path not in hf_module:
             raise ValueError(f"LoRA layer {'/'.join(map(str, path))} has no Hugging Face module")
-        weights[hf_module[path]] = peft_adapter.lora_tensors(layer)
+        a, b = peft_adapter.lora_tensors(layer)
+        if path in vocab_out:  # lora_B [padded vocab, r]: the padded rows stay ours
+            b = np.ascontiguousarray(vocab_padding.unpad(b, 0, model.config.vocab_size))
+        weights[hf_module[path]] = (a, b)
     targets = peft_adapter.target_modules(weights, hf_module.values())
     config = peft_adapter.adapter_config(model.config.lora, "SEQ_2_SEQ_LM", targets, base_model)
     return peft_adapter.write_adapter(directory, config, weights)

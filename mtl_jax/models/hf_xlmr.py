@@ -11,7 +11,8 @@ RoBERTa head and is not imported). Export writes this layout::
 
 Every per-task directory loads with ``from_pretrained`` and reproduces that task's logits;
 ``load_hf_xlmr(DST)`` reads the whole layout back into one multi-task model.
-Tensors are only transposed/reshaped, so both round trips are exact in float32.
+Tensors are only transposed/reshaped, so both round trips are exact in float32; our word
+embeddings have ``config.padded_vocab_size`` rows, zero-padded on import and cut on export.
 
 LoRA: a config with ``lora`` loads the HF weights into the base and gives the LoRA matrices a
 fresh start (B = 0). Export writes the merged model; :func:`export_lora_adapters` writes the
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mtl_jax.models import lora, peft_adapter
+from mtl_jax.models import lora, peft_adapter, vocab_padding
 from mtl_jax.models.hf_io import read_config, read_state_dict, write_checkpoint
 from mtl_jax.models.xlmr import XLMRConfig, XLMREncoder, XLMRMultiTask
 
@@ -49,31 +50,35 @@ Path_ = tuple[str | int, ...]
 
 
 class _Layout(NamedTuple):
-    """How one HF tensor maps to ours: ``to_ours(hf_array, config)`` and ``to_hf(our_array)``."""
+    """How one HF tensor maps to ours: ``to_ours(hf_array, config)`` and ``to_hf(our_array, config)``."""
 
     to_ours: Callable[[np.ndarray, XLMRConfig], np.ndarray]
-    to_hf: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray, XLMRConfig], np.ndarray]
 
 
-_COPY = _Layout(lambda a, c: a, lambda a: a)
-_LINEAR = _Layout(lambda a, c: a.T, lambda a: a.T)  # torch Linear stores [out, in]
+_COPY = _Layout(lambda a, c: a, lambda a, c: a)
+_LINEAR = _Layout(lambda a, c: a.T, lambda a, c: a.T)  # torch Linear stores [out, in]
+_VOCAB_ROWS = _Layout(  # [vocab, embed] <-> [padded vocab, embed]
+    lambda a, c: vocab_padding.pad(a, 0, c.padded_vocab_size),
+    lambda a, c: vocab_padding.unpad(a, 0, c.vocab_size),
+)
 _QKV = _Layout(  # [heads*kv, embed] -> [embed, heads, kv]
     lambda a, c: a.T.reshape(c.hidden_size, c.num_attention_heads, c.head_dim),
-    lambda a: a.reshape(a.shape[0], -1).T,
+    lambda a, c: a.reshape(a.shape[0], -1).T,
 )
 _QKV_BIAS = _Layout(
-    lambda a, c: a.reshape(c.num_attention_heads, c.head_dim), lambda a: a.reshape(-1)
+    lambda a, c: a.reshape(c.num_attention_heads, c.head_dim), lambda a, c: a.reshape(-1)
 )
 _ATTN_OUT = _Layout(  # [embed, heads*kv] -> [heads, kv, embed]
     lambda a, c: a.T.reshape(c.num_attention_heads, c.head_dim, c.hidden_size),
-    lambda a: a.reshape(-1, a.shape[-1]).T,
+    lambda a, c: a.reshape(-1, a.shape[-1]).T,
 )
 
 
 def encoder_tensor_map(config: XLMRConfig) -> list[tuple[str, Path_, _Layout]]:
     """``(HF name without model prefix, our path under XLMREncoder, layout)`` for every tensor."""
     out: list[tuple[str, Path_, _Layout]] = [
-        ("embeddings.word_embeddings.weight", ("embeddings", "word_embeddings", "embedding"), _COPY),
+        ("embeddings.word_embeddings.weight", ("embeddings", "word_embeddings", "embedding"), _VOCAB_ROWS),
         ("embeddings.position_embeddings.weight", ("embeddings", "position_embeddings", "embedding"), _COPY),
         ("embeddings.token_type_embeddings.weight", ("embeddings", "token_type_embeddings", "embedding"), _COPY),
         ("embeddings.LayerNorm.weight", ("embeddings", "layer_norm", "scale"), _COPY),
@@ -188,7 +193,8 @@ def encoder_state(model: XLMRMultiTask, prefix: str = "", *, pooler: bool = True
     for hf_name, path, layout in encoder_tensor_map(model.config):
         if path[0] == "pooler" and not pooler:
             continue
-        out[prefix + hf_name] = np.asarray(layout.to_hf(np.asarray(_variable(model.encoder, path)[...])))
+        value = np.asarray(_variable(model.encoder, path)[...])
+        out[prefix + hf_name] = np.ascontiguousarray(layout.to_hf(value, model.config))
     return out
 
 
@@ -401,7 +407,7 @@ def export_lora_adapters(
     hf_module = {
         ("encoder", *path[:-1]): name.removesuffix(".weight")
         for name, path, layout in encoder_tensor_map(config)
-        if layout is not _COPY and name.endswith(".weight")
+        if layout not in (_COPY, _VOCAB_ROWS) and name.endswith(".weight")
     }
     layers = {path: peft_adapter.lora_tensors(layer) for path, layer in lora.lora_layers(model)}
     unknown = sorted("/".join(map(str, p)) for p in set(layers) - set(hf_module))

@@ -45,14 +45,16 @@ def normalize(total: jax.Array, weights: jax.Array, normalization: Normalization
     return total / float(normalization)
 
 
-def masked_logits(logits: jax.Array, num_labels: jax.Array) -> jax.Array:
-    """Mask classes ``>= num_labels`` (per example) so heads with fewer labels share one tensor.
+def masked_logits(logits: jax.Array, num_labels: jax.Array | int) -> jax.Array:
+    """Mask classes ``>= num_labels`` along the last axis.
 
-    ``logits`` is ``[batch, max_labels]``; ``num_labels`` is ``[batch]``. Masked entries become the
-    dtype's most negative value, so softmax gives them zero mass and argmax never picks them.
+    Heads with fewer labels share one tensor (``logits`` ``[batch, max_labels]``, ``num_labels``
+    ``[batch]``); an LM head's padded vocabulary rows are masked with one int (any leading shape).
+    Masked entries become the dtype's most negative value, so softmax gives them zero mass,
+    log-softmax differences over them are 0 (symmetric KL) and argmax never picks them.
     """
     classes = jnp.arange(logits.shape[-1])
-    valid = classes[None, :] < num_labels[:, None]
+    valid = classes < jnp.asarray(num_labels)[..., None]
     return jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
 
 

@@ -40,7 +40,9 @@ from mtl_jax.models.layers import (
     param,
     segment_mask,
 )
+from mtl_jax.models import vocab_padding
 from mtl_jax.models.lora import LoRAConfig, apply_lora
+from mtl_jax.models.losses import masked_logits
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -85,9 +87,12 @@ class T5Config:
     ``attention_impl`` is ``"auto"`` (``jax.nn.dot_product_attention`` picks), ``"cudnn"`` or
     ``"xla"`` (plain einsum). ``attention_dropout_rate=None`` means ``dropout_rate`` (as HF).
     ``lora`` wraps the dense layers its targets name with LoRA (``mtl_jax.models.lora``).
+    ``vocab_pad_multiple``: the embedding and LM-head tables hold ``padded_vocab_size`` rows
+    (``models.vocab_padding``; 1 = none); logits over the padded rows are masked.
     """
 
     vocab_size: int = 250112
+    vocab_pad_multiple: int = vocab_padding.DEFAULT_MULTIPLE
     d_model: int = 512
     d_kv: int = 64
     d_ff: int = 1024
@@ -117,6 +122,7 @@ class T5Config:
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+        vocab_padding.check_multiple("T5Config", self.vocab_pad_multiple)
         if self.num_decoder_layers <= 0:
             raise ValueError(
                 f"T5Config.num_decoder_layers must be positive, got {self.num_decoder_layers}"
@@ -164,6 +170,11 @@ class T5Config:
                 f"T5Config.feed_forward_proj: unknown activation {act!r}; known: {sorted(_ACTIVATIONS)}"
             )
         return gated, act
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and LM-head parameters (``vocab_size`` rounded up)."""
+        return vocab_padding.padded_size(self.vocab_size, self.vocab_pad_multiple)
 
     @property
     def is_gated(self) -> bool:
@@ -677,16 +688,18 @@ DecodeCache = tuple[dict[str, jax.Array], ...]
 
 
 class T5Model(nnx.Module):
-    """Encoder-decoder with LM head. ``__call__`` returns float32 logits ``[B, Lt, vocab]``."""
+    """Encoder-decoder with LM head. ``__call__`` returns float32 logits ``[B, Lt, vocab]``
+    (``vocab`` = ``config.padded_vocab_size``; columns from ``config.vocab_size`` on are masked)."""
 
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs) -> None:
         self.config = config
         rngs = ParamKeys(rngs)
         with eager_sharding_if_mesh():
+            vocab, padded = config.vocab_size, config.padded_vocab_size
             self.shared = Embed(
-                config.vocab_size,
+                padded,
                 config.d_model,
-                init=_normal(1.0),
+                init=vocab_padding.padded_init(_normal(1.0), vocab, axis=0),
                 dtype=config.dtype,
                 param_dtype=config.param_dtype,
                 rngs=rngs,
@@ -698,9 +711,9 @@ class T5Model(nnx.Module):
             else:
                 self.lm_head = DenseGeneral(
                     config.d_model,
-                    config.vocab_size,
+                    padded,
                     axis_names=("embed", "vocab"),
-                    kernel_init=_normal(config.d_model**-0.5),
+                    kernel_init=vocab_padding.padded_init(_normal(config.d_model**-0.5), vocab, 1),
                     dtype=config.dtype,
                     param_dtype=config.param_dtype,
                     rngs=rngs,
@@ -809,13 +822,16 @@ class T5Model(nnx.Module):
         return self.logits(hidden)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """LM head on decoder output: tied (rescaled by d_model**-0.5) or separate; float32."""
-        if self.config.tie_word_embeddings:
-            hidden = hidden * jnp.asarray(self.config.d_model**-0.5, hidden.dtype)
+        """LM head on decoder output: tied (rescaled by d_model**-0.5) or separate; float32
+        ``[..., padded_vocab_size]`` with the padded rows masked (``losses.masked_logits``)."""
+        c = self.config
+        if c.tie_word_embeddings:
+            hidden = hidden * jnp.asarray(c.d_model**-0.5, hidden.dtype)
             out = self.shared.attend(hidden)
         else:
             out = self.lm_head(hidden)
-        return out.astype(jnp.float32)
+        out = out.astype(jnp.float32)
+        return masked_logits(out, c.vocab_size) if c.padded_vocab_size > c.vocab_size else out
 
     def __call__(
         self,

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mtl_jax.models import vocab_padding
 from mtl_jax.models.heads import TaskHeads
 from mtl_jax.models.layers import (
     ATTENTION_IMPLS,
@@ -91,9 +92,12 @@ class XLMRConfig:
     task k's head (1 = regression, HF's convention). ``positions="roberta"`` numbers real tokens
     from ``pad_token_id + 1`` (fairseq/RoBERTa); ``"absolute"`` numbers every slot from 0 (BERT).
     ``lora`` wraps the dense layers its targets name with LoRA (``mtl_jax.models.lora``).
+    ``vocab_pad_multiple``: the word embeddings hold ``padded_vocab_size`` rows, so they shard
+    (``models.vocab_padding``; 1 = none).
     """
 
     vocab_size: int = 250002
+    vocab_pad_multiple: int = vocab_padding.DEFAULT_MULTIPLE
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
@@ -123,6 +127,7 @@ class XLMRConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_num_labels", tuple(int(n) for n in self.task_num_labels))
         object.__setattr__(self, "lora", LoRAConfig.coerce(self.lora))
+        vocab_padding.check_multiple("XLMRConfig", self.vocab_pad_multiple)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"XLMRConfig.hidden_size={self.hidden_size} is not a multiple of "
@@ -142,6 +147,11 @@ class XLMRConfig:
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"XLMRConfig.attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
         as_dtype(self.dtype)  # raises on an unknown dtype name
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the word-embedding parameter (``vocab_size`` rounded up)."""
+        return vocab_padding.padded_size(self.vocab_size, self.vocab_pad_multiple)
 
     @property
     def head_dim(self) -> int:
@@ -291,7 +301,9 @@ class XLMREmbeddings(nnx.Module):
         pad_position = config.pad_token_id if config.positions == "roberta" else None
         # Tables are summed in float32 (as HF does), then LayerNorm emits the compute dtype.
         self.word_embeddings = Embed(
-            config.vocab_size, h, axis_names=("vocab", "embed"), init=_normal(std, config.pad_token_id), rngs=rngs
+            config.padded_vocab_size, h, axis_names=("vocab", "embed"),
+            init=vocab_padding.padded_init(_normal(std, config.pad_token_id), config.vocab_size, 0),
+            rngs=rngs,
         )
         self.position_embeddings = Embed(
             config.max_position_embeddings, h, axis_names=("position_embeddings", "embed"),

@@ -27,6 +27,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from mtl_jax.models import vocab_padding
+
 log = logging.getLogger(__name__)
 
 STATE, DATA, CONFIG = "state", "data", "config"
@@ -331,7 +333,10 @@ def check_compatible(stored: dict[str, Any], expected: dict[str, Any], where: Pa
 
 
 def model_differences(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """``"field: checkpoint=... run=..."`` for every field two model records disagree on."""
+    """``"field: checkpoint=... run=..."`` for every field two model records disagree on (a
+    record from before vocabulary padding reads as ``vocab_pad_multiple=1``)."""
+    if stored:
+        stored = vocab_padding.stored_fields(stored)
     return [
         f"{k}: checkpoint={stored.get(k)!r} run={expected.get(k)!r}"
         for k in sorted(set(stored) | set(expected))

@@ -172,12 +172,14 @@ class EncoderDecoderObjective(Objective):
     ``decoder_loss_weights``, plus optional z-loss ``z_loss * logsumexp(logits)**2`` per token.
 
     ``loss_scaling="log_classes"`` (Muppet) divides every token's loss by ``log(vocabulary size)``:
-    every text-to-text task predicts over the whole vocabulary.
+    every text-to-text task predicts over the whole vocabulary. ``vocab_size`` is that size (the
+    model's logits are ``padded_vocab_size`` wide, the padding masked); None: the logits' width.
     """
 
     normalization: Any = "tokens"
     z_loss: float = 0.0
     loss_scaling: str | None = None
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         _check_scaling(self.loss_scaling)
@@ -203,7 +205,9 @@ class EncoderDecoderObjective(Objective):
         )
 
     def _scale(self, logits: jax.Array) -> float:
-        return 1.0 / math.log(logits.shape[-1]) if self.loss_scaling else 1.0
+        if not self.loss_scaling:
+            return 1.0
+        return 1.0 / math.log(self.vocab_size or logits.shape[-1])
 
     def terms_from(self, outputs: jax.Array, batch: Batch) -> LossTerms:
         targets = batch[F.DECODER_TARGET_TOKENS]

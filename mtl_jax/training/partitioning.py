@@ -4,7 +4,7 @@ Models name every parameter dimension with a *logical* axis (``embed``, ``vocab`
 A rules table maps logical axes to the *mesh* axes ``data``, ``fsdp`` and ``tensor``, so changing
 the parallelism is a change of mesh sizes or rules name, never of model code. Resolution is done
 here (not by Flax's eager sharding) because it must also handle what eager sharding cannot:
-dimensions that a mesh axis does not divide (e.g. XLM-R's 250002-token vocabulary over 4 devices)
+dimensions that a mesh axis does not divide (e.g. 6 heads over 4 devices, or an unpadded vocabulary)
 fall back to replication instead of failing, and optimizer statistics whose shape differs from the
 parameter (Adafactor's factored rows/columns) get the parameter's spec minus the reduced dimension.
 """
