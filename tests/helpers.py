@@ -257,8 +257,23 @@ def fast_jit(fn):
 
 
 @fast_jit
-def t5_forward(model, enc, dec_in):
+def t5_forward_padded(model, enc, dec_in):
+    """Our logits as the model returns them: ``padded_vocab_size`` wide, the padding masked."""
     return model(enc, dec_in)
+
+
+def t5_forward(model, enc, dec_in):
+    """Our logits over the real vocabulary (``real_vocab``), comparable with transformers'."""
+    return real_vocab(t5_forward_padded(model, enc, dec_in), model.config)
+
+
+def real_vocab(logits, config):
+    """``logits[..., :vocab_size]`` after checking that every padded column is masked to the
+    most negative float32 (``T5Config.padded_vocab_size`` > ``vocab_size``)."""
+    assert logits.shape[-1] == config.padded_vocab_size, (logits.shape, config.padded_vocab_size)
+    tail = np.asarray(logits[..., config.vocab_size:])
+    assert (tail == np.finfo(np.float32).min).all(), "padded vocabulary columns are not masked"
+    return logits[..., : config.vocab_size]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -101,15 +101,17 @@ def loss_from_logits(logits, batch) -> float:
 def test_logits_and_loss_match_hf(name):
     hf, model = hf_and_ours(name)
     assert model.config.tie_word_embeddings == (not name.startswith("mt5"))
-    assert count_params(model) == sum(p.numel() for p in hf.parameters())
+    # Ours has the padded vocabulary rows too: the embedding's and the untied LM head's.
+    c = model.config
+    padding = (c.padded_vocab_size - c.vocab_size) * c.d_model * (1 if c.tie_word_embeddings else 2)
+    assert count_params(model) == sum(p.numel() for p in hf.parameters()) + padding
     batch = helpers.random_batch(hf.config.vocab_size)
     with torch.no_grad():
         ref = helpers.hf_forward(hf, batch)
-    logits = helpers.t5_forward(model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
-    diff = helpers.assert_close(
-        logits, ref.logits.numpy(), helpers.LOGIT_RTOL, helpers.LOGIT_ATOL, f"{name} logits"
-    )
-    loss = loss_from_logits(logits, batch)
+    padded = helpers.t5_forward_padded(model, jnp.asarray(batch["enc"]), jnp.asarray(batch["dec_in"]))
+    diff = helpers.assert_close(helpers.real_vocab(padded, c), ref.logits.numpy(),
+                                helpers.LOGIT_RTOL, helpers.LOGIT_ATOL, f"{name} logits")
+    loss = loss_from_logits(padded, batch)  # the masked padding takes no probability mass
     print(
         f"{name}: max|logit diff| {diff:.2e}, max|logit| {ref.logits.abs().max().item():.2f}, "
         f"loss {loss:.6f} vs {ref.loss.item():.6f}"
@@ -149,7 +151,8 @@ def _check_logits_loss_grads(name: str, compiled) -> None:
         model, *(jnp.asarray(batch[k]) for k in ("enc", "dec_in", "targets", "weights"))
     )
     helpers.assert_close(
-        logits, ref.logits.detach().numpy(), helpers.LOGIT_RTOL, helpers.LOGIT_ATOL, "logits"
+        helpers.real_vocab(logits, model.config), ref.logits.detach().numpy(), helpers.LOGIT_RTOL,
+        helpers.LOGIT_ATOL, "logits",
     )
     assert abs(float(loss) - ref.loss.item()) <= 1e-5 * abs(ref.loss.item()), (
         float(loss),
@@ -266,6 +269,7 @@ def test_packed_segments_equal_running_each_alone(name):
             decoder_positions=p["dec_pos"],
         )
     )(model, p)
+    logits = helpers.real_vocab(logits, model.config)
     for r, segs in enumerate(singles):
         for s, (enc, tgt) in enumerate(segs):
             with torch.no_grad():
@@ -320,7 +324,7 @@ def test_dropout_keys_come_from_call_time_rngs():
         return m(enc, dec, deterministic=False, rngs=nnx.Rngs(dropout=key))
 
     a, b, c = (train_logits(model, jax.random.key(i)) for i in (1, 1, 2))
-    assert a.shape == (*dec.shape, hf.config.vocab_size)
+    assert a.shape == (*dec.shape, config.padded_vocab_size)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not np.allclose(np.asarray(a), np.asarray(c))
     with pytest.raises(ValueError, match="no rngs"):
