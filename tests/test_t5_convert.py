@@ -95,8 +95,13 @@ def test_ours_to_hf_to_ours_is_exact(tmp_path, model_type, tied, ff):
     assert loaded_config == config
     ours, back = hf_t5.flat_params(model), hf_t5.flat_params(loaded)
     assert set(ours) == set(back)
+    # The padded vocabulary rows (61 -> 128) stay ours: they come back as zeros.
+    vocab_axis = {("shared", "embedding"): 0, ("lm_head", "kernel"): 1}
     for path, value in ours.items():
-        assert np.array_equal(np.asarray(back[path]), np.asarray(value)), path
+        value = np.array(value)
+        if path in vocab_axis:
+            np.moveaxis(value, vocab_axis[path], 0)[config.vocab_size:] = 0.0
+        assert np.array_equal(np.asarray(back[path]), value), path
     # transformers reads the export as the same architecture (T5 v1.1: untied, not rescaled).
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
     assert (
@@ -105,8 +110,9 @@ def test_ours_to_hf_to_ours_is_exact(tmp_path, model_type, tied, ff):
     assert (hf.lm_head.weight is hf.shared.weight) == tied
     if model_type == "t5":
         assert hf.config.scale_decoder_outputs == tied
+    assert hf.shared.weight.shape == (config.vocab_size, config.d_model)  # no padded rows
     assert np.array_equal(
-        hf.shared.weight.detach().numpy(), np.asarray(model.shared.embedding[...])
+        hf.shared.weight.detach().numpy(), np.asarray(model.shared.embedding[...])[: config.vocab_size]
     )
 
 
@@ -222,7 +228,9 @@ def test_clear_errors(tmp_path):
     # A missing lm_head in an untied checkpoint means "the embedding", as transformers 5 loads it.
     no_head = {k: v for k, v in state.items() if k != "lm_head.weight"}
     params = hf_t5.params_from_hf(no_head, config)
-    assert np.array_equal(params[("lm_head", "kernel")], state["shared.weight"].T)
+    head = params[("lm_head", "kernel")]  # [embed, padded vocab]: zero columns past the vocabulary
+    assert np.array_equal(head[:, : config.vocab_size], state["shared.weight"].T)
+    assert head.shape[1] == config.padded_vocab_size and not head[:, config.vocab_size:].any()
     with pytest.raises(FileNotFoundError, match="config.json"):
         hf_t5.load_hf_t5(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config.to_hf()))

@@ -119,9 +119,9 @@ def to_ours(kind: Kind, x: np.ndarray, config: T5Config) -> np.ndarray:
     if kind == "copy":
         return x
     if kind == "vocab_rows":
-        return vocab_padding.pad(x, 0, config.padded_vocab_size)
+        return vocab_padding.pad(x, 0, config.vocab_size, config.padded_vocab_size)
     if kind == "vocab_linear":
-        return vocab_padding.pad(x.T, 1, config.padded_vocab_size)
+        return vocab_padding.pad(x.T, 1, config.vocab_size, config.padded_vocab_size)
     if kind == "linear":
         return x.T
     if kind == "attn_in":

@@ -59,7 +59,7 @@ class _Layout(NamedTuple):
 _COPY = _Layout(lambda a, c: a, lambda a, c: a)
 _LINEAR = _Layout(lambda a, c: a.T, lambda a, c: a.T)  # torch Linear stores [out, in]
 _VOCAB_ROWS = _Layout(  # [vocab, embed] <-> [padded vocab, embed]
-    lambda a, c: vocab_padding.pad(a, 0, c.padded_vocab_size),
+    lambda a, c: vocab_padding.pad(a, 0, c.vocab_size, c.padded_vocab_size),
     lambda a, c: vocab_padding.unpad(a, 0, c.vocab_size),
 )
 _QKV = _Layout(  # [heads*kv, embed] -> [embed, heads, kv]

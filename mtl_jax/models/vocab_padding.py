@@ -59,9 +59,13 @@ def padded_init(
     return padded
 
 
-def pad(x: np.ndarray, axis: int, size: int) -> np.ndarray:
-    """``x`` with zeros appended along ``axis`` up to ``size`` entries (import, old checkpoints)."""
-    return _pad_array(np, np.asarray(x), axis, size)
+def pad(x: np.ndarray, axis: int, vocab_size: int, size: int) -> np.ndarray:
+    """``x`` (exactly ``vocab_size`` entries on ``axis``) with zeros appended up to ``size``."""
+    x = np.asarray(x)
+    if x.shape[axis] != vocab_size:
+        raise ValueError(f"array of shape {x.shape} has {x.shape[axis]} vocabulary entries on axis "
+                         f"{axis}; the config's vocab_size is {vocab_size}")
+    return _pad_array(np, x, axis, size)
 
 
 def unpad(x: np.ndarray, axis: int, vocab_size: int) -> np.ndarray:
