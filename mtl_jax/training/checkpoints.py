@@ -335,8 +335,7 @@ def check_compatible(stored: dict[str, Any], expected: dict[str, Any], where: Pa
 def model_differences(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """``"field: checkpoint=... run=..."`` for every field two model records disagree on (a
     record from before vocabulary padding reads as ``vocab_pad_multiple=1``)."""
-    if stored:
-        stored = vocab_padding.stored_fields(stored)
+    stored, expected = (vocab_padding.stored_fields(r) if r else r for r in (stored, expected))
     return [
         f"{k}: checkpoint={stored.get(k)!r} run={expected.get(k)!r}"
         for k in sorted(set(stored) | set(expected))
