@@ -226,7 +226,7 @@ def test_loss_scaling_divides_each_example_by_the_log_of_its_task_classes():
     t5, b = _t5(), {k: jnp.asarray(v) for k, v in _encdec_batch().items()}
     e_plain = obj.EncoderDecoderObjective(num_tasks=3, normalization="sum")
     e_scaled = obj.EncoderDecoderObjective(num_tasks=3, normalization="sum",
-                                           loss_scaling="log_classes")
+                                           loss_scaling="log_classes", vocab_size=VOCAB)
     logits = e_plain.outputs(t5, b, True, None)
     assert float(e_scaled.terms_from(logits, b).numerator) == pytest.approx(
         float(e_plain.terms_from(logits, b).numerator) / math.log(VOCAB), rel=1e-6)

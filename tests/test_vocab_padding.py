@@ -19,7 +19,6 @@ from jax.sharding import PartitionSpec as P
 from mtl_jax.models import checkpoint_io, hf_t5, losses, vocab_padding
 from mtl_jax.models.t5 import T5Config, T5Model
 from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
-from mtl_jax.training import objectives as obj
 from mtl_jax.training import optimizers as opt
 from mtl_jax.training import partitioning as part
 from mtl_jax.training import train_state as ts
@@ -109,20 +108,6 @@ def test_padded_rows_are_masked_against_transformers(name):
     reference = ((np.exp(lp) - np.exp(lq)) * (lp - lq)).sum(-1)
     assert np.isfinite(kl).all()
     np.testing.assert_allclose(kl, reference, rtol=1e-4, atol=1e-6)
-
-
-def test_text_to_text_loss_scaling_divides_by_the_real_vocabulary():
-    """Muppet scaling of text-to-text losses: ``1 / log(vocab_size)``, not the padded width."""
-    rng = np.random.default_rng(1)
-    logits = rng.normal(size=(2, 3, 128)).astype(np.float32)
-    logits[..., 97:] = MIN
-    batch = {"decoder_target_tokens": jnp.asarray(rng.integers(0, 97, (2, 3)), jnp.int32),
-             "decoder_loss_weights": jnp.ones((2, 3), jnp.float32)}
-    plain = obj.EncoderDecoderObjective(num_tasks=1).terms_from(jnp.asarray(logits), batch)
-    scaled = obj.EncoderDecoderObjective(num_tasks=1, loss_scaling="log_classes",
-                                         vocab_size=97).terms_from(jnp.asarray(logits), batch)
-    np.testing.assert_allclose(float(scaled.numerator), float(plain.numerator) / np.log(97),
-                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("sizes", [(1, 1, 8), (1, 2, 4)])

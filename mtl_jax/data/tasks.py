@@ -365,7 +365,6 @@ class RecordsSource(seqio.DataSource):
     def __init__(self, task: str, splits: Sequence[str]):
         super().__init__(splits=splits, num_input_examples=None, caching_permitted=False)
         self._task = task
-        self._counts: dict[tuple, int] = {}
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -377,22 +376,22 @@ class RecordsSource(seqio.DataSource):
     def num_input_examples(self, split: str) -> int | None:
         """Counted from local/bundled files; None for hub sources (counting would download).
 
-        seqio asks on every ``get_dataset``; counts are memoised per file version.
+        seqio asks on every ``get_dataset``: a count is read once per file version and kept in
+        memory and on disk (``sources.cached_count``).
         """
         info = task_info(self._task)
         spec = sources.get_source(info.source_dataset)
         if spec.kind == "hub":
             return None
-        languages = info.languages
         files = [
             p
-            for lang in languages
+            for lang in info.languages
             for p in sources.locate(info.source_dataset, lang, split, spec).paths
         ]
-        key = (split, spec) + tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
-        if key not in self._counts:
-            self._counts[key] = len(source_examples(self._task, split))  # type: ignore[arg-type]
-        return self._counts[key]
+        identity = (self._task, info.kind, info.languages, split, spec,
+                    sources.files_identity(files))
+        return sources.cached_count(
+            identity, lambda: len(source_examples(self._task, split)))  # type: ignore[arg-type]
 
     def get_dataset(
         self,
