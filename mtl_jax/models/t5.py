@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mtl_jax.models import vocab_padding
 from mtl_jax.models.layers import (
     ATTENTION_IMPLS,
     DenseGeneral,
@@ -40,7 +41,6 @@ from mtl_jax.models.layers import (
     param,
     segment_mask,
 )
-from mtl_jax.models import vocab_padding
 from mtl_jax.models.lora import LoRAConfig, apply_lora
 from mtl_jax.models.losses import masked_logits
 
