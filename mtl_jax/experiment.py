@@ -205,7 +205,8 @@ def model_config(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
                           f"family={cfg.family!r}")
     if cfg.pretrained:
         hf = config_cls.from_hf(hf_io.read_config(cfg.pretrained))
-        kept = {k: getattr(base, k) for k in ("dtype", "attention_impl", "dropout_rate", "lora")
+        kept = {k: getattr(base, k) for k in ("dtype", "attention_impl", "dropout_rate", "lora",
+                                              "vocab_pad_multiple")
                 if hasattr(base, k) and hasattr(hf, k)}
         base = dataclasses.replace(hf, **kept)
         if family.encoder_decoder:
