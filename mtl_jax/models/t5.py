@@ -40,6 +40,7 @@ from mtl_jax.models.layers import (
     param,
     segment_mask,
 )
+from mtl_jax.models.layer_stack import check_stack_options, run_layers
 from mtl_jax.models.lora import LoRAConfig, apply_lora
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -85,6 +86,9 @@ class T5Config:
     ``attention_impl`` is ``"auto"`` (``jax.nn.dot_product_attention`` picks), ``"cudnn"`` or
     ``"xla"`` (plain einsum). ``attention_dropout_rate=None`` means ``dropout_rate`` (as HF).
     ``lora`` wraps the dense layers its targets name with LoRA (``mtl_jax.models.lora``).
+    ``scan_layers`` runs each stack as one ``jax.lax.scan`` (compile time independent of depth)
+    and ``remat`` (``none``/``full``/``save_dots``) recomputes each layer's activations in the
+    backward pass; neither changes parameters or results (``mtl_jax.models.layer_stack``).
     """
 
     vocab_size: int = 250112
@@ -109,9 +113,12 @@ class T5Config:
     param_dtype: str = "float32"
     attention_impl: str = "auto"
     lora: LoRAConfig | None = None
+    scan_layers: bool = False
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora", LoRAConfig.coerce(self.lora))
+        check_stack_options(self.scan_layers, self.remat, "T5Config")
         if self.num_decoder_layers is None:
             object.__setattr__(self, "num_decoder_layers", self.num_layers)
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
@@ -600,6 +607,8 @@ class _T5Stack(nnx.Module):
         self.layers = nnx.List([layer(config, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = _norm(config, rngs)
         self.dropout_rate = config.dropout_rate
+        self.scan_layers = config.scan_layers
+        self.remat = config.remat
 
     def _run(
         self,
@@ -615,11 +624,16 @@ class _T5Stack(nnx.Module):
         drop = dict(deterministic=deterministic, rngs=rngs)
         bias = self.relpos(positions, positions)
         x = dropout(x, self.dropout_rate, **drop)
-        for i, layer in enumerate(self.layers):
+        per_layer = []
+        for i in range(len(self.layers)):
             prefix = f"layers/{i}/"
-            mine = {k[len(prefix):]: v for k, v in (probes or {}).items() if k.startswith(prefix)}
-            extra = {"probes": mine} if mine else {}
-            x = layer(x, *layer_args, bias=bias, **layer_kwargs, **extra, **drop)
+            per_layer.append(
+                {k[len(prefix):]: v for k, v in (probes or {}).items() if k.startswith(prefix)}
+            )
+        x = run_layers(
+            self.layers, x, *layer_args, bias=bias, **layer_kwargs, probes=per_layer,
+            scan=self.scan_layers, remat=self.remat, where="T5Config", **drop,
+        )
         return dropout(self.final_norm(x), self.dropout_rate, **drop)
 
 
