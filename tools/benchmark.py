@@ -4,6 +4,7 @@
     python tools/benchmark.py --model mt5_base --dtype bfloat16 --compare micro_batches=1,4
     python tools/benchmark.py --model xlmr_base --batch 32 --inputs 256 --compare rules=t5x,fsdp
     python tools/benchmark.py --model mt5_small --compare method=plain,r3f,lora,pcgrad
+    python tools/benchmark.py --aot --models mt5_large --scan off,on --remat none,full,save_dots
 
 What runs is the trainer's own step (``make_train_step`` with the real optimizer, objective,
 shardings and donation) on batches named as in ``mtl_jax.features`` and placed through
@@ -547,7 +548,12 @@ def environment() -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> Any:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--aot" in argv:  # compile time and memory without an accelerator: tools/benchmark_aot.py
+        from benchmark_aot import main as aot_main
+
+        return aot_main([a for a in argv if a != "--aot"])
     args = parse_args(argv)
     if args.cpu_devices:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
