@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx import spmd as nnx_spmd
 
 REMAT_POLICIES: tuple[str, ...] = ("none", "full", "save_dots")
 
@@ -153,7 +154,7 @@ def run_layers(
                 "differ (e.g. LoRA targets that select only some layers); use scan_layers=False"
             )
         apply = make_apply(graphdefs[0])
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
+        stacked = _stack_states(states)
         extras = _stack_probes([p.get("probes", {}) for p in per_layer])
 
         def step(x: jax.Array, xs: tuple[Any, Any, Any]) -> tuple[jax.Array, None]:
@@ -168,6 +169,42 @@ def run_layers(
         for k, stream in _streams(rngs).items():
             stream.count[...] = counts[k] + jnp.asarray(n * draws[k], counts[k].dtype)
     return x
+
+
+def _stack_states(states: Sequence[Any]) -> Any:
+    """The layers' variables stacked to ``[layers, ...]``, each pinned to the sharding of its
+    per-layer parameters (the layer axis unsharded, as the rules' ``layers -> None``), so the
+    stacked copy is split over the mesh like the weights it copies."""
+    def stack(*variables: Any) -> Any:
+        first = variables[0]
+        if not isinstance(first, nnx.Variable):
+            return jnp.stack(variables)
+        return first.replace(_constrain(first, jnp.stack([v.get_value() for v in variables]), 1))
+
+    return jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _constrain(var: nnx.Variable, value: jax.Array, leading: int) -> jax.Array:
+    """``value`` constrained to ``var``'s logical sharding after ``leading`` unsharded axes."""
+    mesh = jax.sharding.get_abstract_mesh()
+    spec = None if mesh.empty else nnx_spmd.get_var_pspec(var)
+    if spec is None:
+        return value
+    dims = value.shape[leading:]
+    axes = [a if _divides(mesh, a, n) else None for a, n in zip(spec, dims)]
+    axes += [None] * (len(dims) - len(axes))
+    return jax.lax.with_sharding_constraint(
+        value, jax.sharding.PartitionSpec(*([None] * leading), *axes))
+
+
+def _divides(mesh: Any, axes: Any, size: int) -> bool:
+    if axes is None:
+        return True
+    names = axes if isinstance(axes, tuple) else (axes,)
+    total = 1
+    for name in names:
+        total *= mesh.shape[name]
+    return size % total == 0
 
 
 def _stack_probes(probes: Sequence[Mapping[str, jax.Array]]) -> dict[str, Any]:
