@@ -2,12 +2,15 @@
 rematerialised (``scan_layers`` and ``remat`` of ``T5Config``/``XLMRConfig``).
 
 Parameters keep their per-layer layout (``layers/{i}/...``) and are stacked to ``[layers, ...]``
-inside the step, only when scanning. The alternative, storing the stacked layout and converting at
-HF import/export and at checkpoint restore, would save that one stacked copy of the layer weights
-(and the unstacking of their gradients) per step; keeping the per-layer layout means checkpoints,
-HF conversion, LoRA's path regexes, task-embedding probes and cached decoding are the same with
-the switch on or off: a checkpoint written either way restores the other way as it is. The copy
-costs little next to the activations it lets remat drop (measured in docs/scaling.md).
+inside the step, only when scanning. Why not store the stacked layout (and convert at HF
+import/export and checkpoint restore)? Keeping the per-layer layout means checkpoints, HF
+conversion, LoRA's path regexes, task-embedding probes and cached decoding are the same with the
+switch on or off: a checkpoint written either way restores the other way as it is. Its costs, from
+the AOT measurements in docs/scaling.md: one stacked (sharded) copy of the layer weights and of
+their gradients per step, small next to the activations remat drops; and the optimizer update
+stays one block of HLO per layer parameter, so scanning shrinks the model's program but not the
+optimizer's, and compile time still grows with depth (less steeply than unscanned). A stored
+stacked layout would remove both; it was not built (the conversion of every consumer above).
 
 Dropout keys are those of the Python loop: layer ``i`` draws from each stream at the counter the
 loop would have reached (``start + i * draws_per_layer``), so scan/remat on or off give the same
