@@ -66,7 +66,8 @@ _XLMR_COMMON = dict(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_
                     layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
                     positions="roberta", model_type="xlm-roberta")
 
-COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout", "method")
+COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout", "method",
+              "scan", "remat")
 # --method: the MTL method switched on in the step (thesis settings; docs/methods.md).
 METHODS = ("plain", "r3f", "loss_scaling", "pcgrad", "lora")
 
@@ -101,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "1e-2; LoRA r 32 alpha 32 on q/v, base frozen; PCGrad over the tasks of "
                         "--task_labels)")
     p.add_argument("--attention", default="auto", help="attention impl: auto | cudnn | xla")
+    p.add_argument("--scan", default="off", choices=("off", "on"), help="scan_layers")
+    p.add_argument("--remat", default="none", help="remat policy: none | full | save_dots")
     p.add_argument("--dropout", default="on", choices=("on", "off"),
                    help="dropout as in training (on) or deterministic steps (off)")
     p.add_argument("--optimizer", default=None,
@@ -236,7 +239,9 @@ def model_config(base: Any, args: argparse.Namespace, dtype: str) -> Any:
         from mtl_jax.models.lora import LoRAConfig
 
         extra["lora"] = LoRAConfig(rank=32, alpha=32.0, dropout=0.1)
-    return dataclasses.replace(base, dtype=dtype, attention_impl=args.attention, **extra)
+    return dataclasses.replace(base, dtype=dtype, attention_impl=args.attention,
+                               scan_layers=getattr(args, "scan", "off") == "on",
+                               remat=getattr(args, "remat", "none"), **extra)
 
 
 def task_labels(args: argparse.Namespace) -> tuple[int, ...]:

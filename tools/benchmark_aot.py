@@ -83,8 +83,6 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def measure(args: argparse.Namespace, model: str, scan: bool, remat: str) -> dict[str, Any]:
     """Lower and compile the train step of one configuration from abstract inputs."""
-    import dataclasses
-
     import flax
     import jax
     import jaxlib
@@ -106,9 +104,8 @@ def measure(args: argparse.Namespace, model: str, scan: bool, remat: str) -> dic
         model=model, layers=args.layers, decoder_layers=None, d_model=args.d_model,
         d_ff=args.d_ff, heads=args.heads, d_kv=None, vocab=args.vocab, attention="xla",
         inputs=args.inputs, targets=args.targets, task_labels="3,2,2,2,2,10", min_fill=1.0,
-        method="plain")
-    config = dataclasses.replace(benchmark.model_config(base, bargs, args.dtype),
-                                 scan_layers=scan, remat=remat)
+        method="plain", scan="on" if scan else "off", remat=remat)
+    config = benchmark.model_config(base, bargs, args.dtype)
     mesh = part.make_mesh(*benchmark.mesh_sizes(args.mesh))
     rules = part.rules_by_name(args.rules)
     part.check_batch_size(args.batch, mesh, rules)
