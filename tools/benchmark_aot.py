@@ -83,13 +83,13 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def measure(args: argparse.Namespace, model: str, scan: bool, remat: str) -> dict[str, Any]:
     """Lower and compile the train step of one configuration from abstract inputs."""
+    import benchmark
     import flax
     import jax
     import jaxlib
     import numpy as np
     from flax import nnx
 
-    import benchmark
     from mtl_jax.models.t5 import T5Model
     from mtl_jax.models.xlmr import XLMRMultiTask
     from mtl_jax.training import optimizers

@@ -195,7 +195,7 @@ def _constrain(var: nnx.Variable, value: jax.Array, leading: int) -> jax.Array:
     if spec is None:
         return value
     dims = value.shape[leading:]
-    axes = [a if _divides(mesh, a, n) else None for a, n in zip(spec, dims)]
+    axes = [a if _divides(mesh, a, n) else None for a, n in zip(spec, dims, strict=False)]
     axes += [None] * (len(dims) - len(axes))
     return jax.lax.with_sharding_constraint(
         value, jax.sharding.PartitionSpec(*([None] * leading), *axes))

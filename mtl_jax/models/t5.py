@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mtl_jax.models.layer_stack import check_stack_options, run_layers
 from mtl_jax.models.layers import (
     ATTENTION_IMPLS,
     DenseGeneral,
@@ -40,7 +41,6 @@ from mtl_jax.models.layers import (
     param,
     segment_mask,
 )
-from mtl_jax.models.layer_stack import check_stack_options, run_layers
 from mtl_jax.models.lora import LoRAConfig, apply_lora
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

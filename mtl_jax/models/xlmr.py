@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtl_jax.models.heads import TaskHeads
+from mtl_jax.models.layer_stack import check_stack_options, run_layers
 from mtl_jax.models.layers import (
     ATTENTION_IMPLS,
     DenseGeneral,
@@ -36,7 +37,6 @@ from mtl_jax.models.layers import (
     eager_sharding_if_mesh,
     padding_mask,
 )
-from mtl_jax.models.layer_stack import check_stack_options, run_layers
 from mtl_jax.models.lora import LoRAConfig, apply_lora
 
 # Every logical axis name a parameter of this file or of heads.py carries; a rules table must map
