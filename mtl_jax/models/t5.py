@@ -86,7 +86,7 @@ class T5Config:
     ``attention_impl`` is ``"auto"`` (``jax.nn.dot_product_attention`` picks), ``"cudnn"`` or
     ``"xla"`` (plain einsum). ``attention_dropout_rate=None`` means ``dropout_rate`` (as HF).
     ``lora`` wraps the dense layers its targets name with LoRA (``mtl_jax.models.lora``).
-    ``scan_layers`` runs each stack as one ``jax.lax.scan`` (compile time independent of depth)
+    ``scan_layers`` runs each stack as one ``jax.lax.scan`` (one compiled layer body per stack)
     and ``remat`` (``none``/``full``/``save_dots``) recomputes each layer's activations in the
     backward pass; neither changes parameters or results (``mtl_jax.models.layer_stack``).
     """
