@@ -143,8 +143,16 @@ def test_default_compiler_settings_match_hf():
     _check_logits_loss_grads("mt5_a", helpers.model_jit(_loss_logits_grads))
 
 
-def _check_logits_loss_grads(name: str, compiled) -> None:
+@pytest.mark.slow
+def test_scanned_rematerialised_model_matches_hf():
+    """``scan_layers`` + ``remat`` (models/layer_stack.py) hold the same bounds against HF."""
+    _check_logits_loss_grads("mt5_a", loss_logits_grads, scan_layers=True, remat="save_dots")
+
+
+def _check_logits_loss_grads(name: str, compiled, **overrides) -> None:
     hf, model = hf_and_ours(name)
+    if overrides:
+        model = helpers.ours_from_hf(hf, **overrides)
     batch = helpers.random_batch(hf.config.vocab_size, seed=5)
     ref = helpers.hf_forward(hf, batch, with_grad=True)
     loss, logits, grads = compiled(

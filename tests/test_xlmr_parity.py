@@ -45,11 +45,15 @@ def test_encoder_matches_xlmroberta_model(tmp_path, index):
     print(f"config {index}: hidden max abs {abs_h:.2e} rel {rel_h:.2e}; pooled max abs {abs_p:.2e} rel {rel_p:.2e}")
 
 
-@pytest.mark.parametrize(("index", "num_labels"), [(0, 1), (1, 3), (2, 2)])
-def test_classifier_logits_loss_and_grads_match(tmp_path, index, num_labels):
+@pytest.mark.parametrize(("index", "num_labels", "overrides"), [
+    (0, 1, {}), (1, 3, {}), (2, 2, {}),
+    # scan_layers + remat (models/layer_stack.py) hold the same bounds.
+    pytest.param(1, 3, {"scan_layers": True, "remat": "full"}, marks=pytest.mark.slow),
+])
+def test_classifier_logits_loss_and_grads_match(tmp_path, index, num_labels, overrides):
     """Logits, HF's loss (MSE for num_labels=1, else cross entropy) and gradients of that loss."""
     hf = helpers.hf_xlmr("cls", HF_CONFIGS[index], seed=10 + index, num_labels=num_labels)
-    model, cfg, _ = load_hf_xlmr(helpers.save(hf, tmp_path / "hf"))
+    model, cfg, _ = load_hf_xlmr(helpers.save(hf, tmp_path / "hf"), **overrides)
     assert cfg.task_num_labels == (num_labels,)
     ids, mask = helpers.xlmr_inputs(cfg, seed=index, batch=5)
     rng = np.random.default_rng(index)

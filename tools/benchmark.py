@@ -4,6 +4,7 @@
     python tools/benchmark.py --model mt5_base --dtype bfloat16 --compare micro_batches=1,4
     python tools/benchmark.py --model xlmr_base --batch 32 --inputs 256 --compare rules=t5x,fsdp
     python tools/benchmark.py --model mt5_small --compare method=plain,r3f,lora,pcgrad
+    python tools/benchmark.py --aot --models mt5_large --scan off,on --remat none,full,save_dots
 
 What runs is the trainer's own step (``make_train_step`` with the real optimizer, objective,
 shardings and donation) on batches named as in ``mtl_jax.features`` and placed through
@@ -65,7 +66,8 @@ _XLMR_COMMON = dict(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_
                     layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
                     positions="roberta", model_type="xlm-roberta")
 
-COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout", "method")
+COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout", "method",
+              "scan", "remat")
 # --method: the MTL method switched on in the step (thesis settings; docs/methods.md).
 METHODS = ("plain", "r3f", "loss_scaling", "pcgrad", "lora")
 
@@ -100,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "1e-2; LoRA r 32 alpha 32 on q/v, base frozen; PCGrad over the tasks of "
                         "--task_labels)")
     p.add_argument("--attention", default="auto", help="attention impl: auto | cudnn | xla")
+    p.add_argument("--scan", default="off", choices=("off", "on"), help="scan_layers")
+    p.add_argument("--remat", default="none", help="remat policy: none | full | save_dots")
     p.add_argument("--dropout", default="on", choices=("on", "off"),
                    help="dropout as in training (on) or deterministic steps (off)")
     p.add_argument("--optimizer", default=None,
@@ -235,7 +239,9 @@ def model_config(base: Any, args: argparse.Namespace, dtype: str) -> Any:
         from mtl_jax.models.lora import LoRAConfig
 
         extra["lora"] = LoRAConfig(rank=32, alpha=32.0, dropout=0.1)
-    return dataclasses.replace(base, dtype=dtype, attention_impl=args.attention, **extra)
+    return dataclasses.replace(base, dtype=dtype, attention_impl=args.attention,
+                               scan_layers=getattr(args, "scan", "off") == "on",
+                               remat=getattr(args, "remat", "none"), **extra)
 
 
 def task_labels(args: argparse.Namespace) -> tuple[int, ...]:
@@ -547,7 +553,12 @@ def environment() -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> Any:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--aot" in argv:  # compile time and memory without an accelerator: tools/benchmark_aot.py
+        from benchmark_aot import main as aot_main
+
+        return aot_main([a for a in argv if a != "--aot"])
     args = parse_args(argv)
     if args.cpu_devices:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from mtl_jax.models import vocab_padding
+from mtl_jax.models.layer_stack import check_stack_options, run_layers
 from mtl_jax.models.layers import (
     ATTENTION_IMPLS,
     DenseGeneral,
@@ -89,6 +90,9 @@ class T5Config:
     ``lora`` wraps the dense layers its targets name with LoRA (``mtl_jax.models.lora``).
     ``vocab_pad_multiple``: the embedding and LM-head tables hold ``padded_vocab_size`` rows
     (``models.vocab_padding``; 1 = none); logits over the padded rows are masked.
+    ``scan_layers`` runs each stack as one ``jax.lax.scan`` (one compiled layer body per stack)
+    and ``remat`` (``none``/``full``/``save_dots``) recomputes each layer's activations in the
+    backward pass; neither changes parameters or results (``mtl_jax.models.layer_stack``).
     """
 
     vocab_size: int = 250112
@@ -114,9 +118,12 @@ class T5Config:
     param_dtype: str = "float32"
     attention_impl: str = "auto"
     lora: LoRAConfig | None = None
+    scan_layers: bool = False
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora", LoRAConfig.coerce(self.lora))
+        check_stack_options(self.scan_layers, self.remat, "T5Config")
         if self.num_decoder_layers is None:
             object.__setattr__(self, "num_decoder_layers", self.num_layers)
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
@@ -611,6 +618,8 @@ class _T5Stack(nnx.Module):
         self.layers = nnx.List([layer(config, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = _norm(config, rngs)
         self.dropout_rate = config.dropout_rate
+        self.scan_layers = config.scan_layers
+        self.remat = config.remat
 
     def _run(
         self,
@@ -626,11 +635,16 @@ class _T5Stack(nnx.Module):
         drop = dict(deterministic=deterministic, rngs=rngs)
         bias = self.relpos(positions, positions)
         x = dropout(x, self.dropout_rate, **drop)
-        for i, layer in enumerate(self.layers):
+        per_layer = []
+        for i in range(len(self.layers)):
             prefix = f"layers/{i}/"
-            mine = {k[len(prefix):]: v for k, v in (probes or {}).items() if k.startswith(prefix)}
-            extra = {"probes": mine} if mine else {}
-            x = layer(x, *layer_args, bias=bias, **layer_kwargs, **extra, **drop)
+            per_layer.append(
+                {k[len(prefix):]: v for k, v in (probes or {}).items() if k.startswith(prefix)}
+            )
+        x = run_layers(
+            self.layers, x, *layer_args, bias=bias, **layer_kwargs, probes=per_layer,
+            scan=self.scan_layers, remat=self.remat, where="T5Config", **drop,
+        )
         return dropout(self.final_norm(x), self.dropout_rate, **drop)
 
 

@@ -23,6 +23,7 @@ from flax import nnx
 
 from mtl_jax.models import vocab_padding
 from mtl_jax.models.heads import TaskHeads
+from mtl_jax.models.layer_stack import check_stack_options, run_layers
 from mtl_jax.models.layers import (
     ATTENTION_IMPLS,
     DenseGeneral,
@@ -123,11 +124,15 @@ class XLMRConfig:
     # "auto": jax.nn.dot_product_attention picks the kernel; "cudnn": fused GPU kernel; "xla": einsum.
     attention_impl: str = "auto"
     lora: LoRAConfig | None = None
+    # One jax.lax.scan over the layers; per-layer rematerialisation (models/layer_stack.py).
+    scan_layers: bool = False
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_num_labels", tuple(int(n) for n in self.task_num_labels))
         object.__setattr__(self, "lora", LoRAConfig.coerce(self.lora))
         vocab_padding.check_multiple("XLMRConfig", self.vocab_pad_multiple)
+        check_stack_options(self.scan_layers, self.remat, "XLMRConfig")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"XLMRConfig.hidden_size={self.hidden_size} is not a multiple of "
@@ -390,10 +395,13 @@ class XLMREncoder(nnx.Module):
         x = self.embeddings(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
                             rngs=rngs, embedding_noise=embedding_noise)
         probes = probes or {}
-        for i, layer in enumerate(self.layers):
-            mine = {k: probes[f"layers/{i}/{k}"] for k in ("attention", "output")
-                    if f"layers/{i}/{k}" in probes}
-            x = layer(x, mask, deterministic=deterministic, rngs=rngs, probes=mine)
+        per_layer = [
+            {k: probes[f"layers/{i}/{k}"] for k in ("attention", "output") if f"layers/{i}/{k}" in probes}
+            for i in range(len(self.layers))
+        ]
+        c = self.config
+        x = run_layers(self.layers, x, mask, deterministic=deterministic, rngs=rngs, probes=per_layer,
+                       scan=c.scan_layers, remat=c.remat, where="XLMRConfig")
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return x, pooled
 
