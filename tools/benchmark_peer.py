@@ -69,8 +69,8 @@ def hf_from_ours(family: str, config: Any, params: Any, rest: Any, graphdef: Any
     with tempfile.TemporaryDirectory() as tmp:
         if family == "t5":
             hf_t5.export_hf_t5(model, config, tmp)
-            return transformers.MT5ForConditionalGeneration.from_pretrained(
-                tmp, tie_word_embeddings=config.tie_word_embeddings)
+            # transformers warns that lm_head is not tied to the embeddings: right for mT5.
+            return transformers.MT5ForConditionalGeneration.from_pretrained(tmp)
         path = hf_xlmr.export_hf_xlmr(model, config, tmp, ["task0"])["task0"]
         return transformers.XLMRobertaForSequenceClassification.from_pretrained(str(path))
 
@@ -124,6 +124,7 @@ class TorchStep:
         self.model, self.optimizer, self.device = model, optimizer, device
         self.forward = torch.compile(model) if compiled else model
         self.autocast = dtype == "bfloat16"
+        self.last_loss: Any = None
 
     def __call__(self, state: Any, batch: dict[str, Any]) -> tuple[Any, float]:
         import torch
@@ -135,7 +136,8 @@ class TorchStep:
         self.optimizer.zero_grad(set_to_none=True)
         if self.device == "cuda":
             torch.cuda.synchronize()
-        return state, loss.detach()
+        self.last_loss = loss.detach()
+        return state, self.last_loss
 
 
 def build_peers(bench: Any, ours: Any, kinds: tuple[str, ...] = KINDS) -> list[Any]:
