@@ -58,21 +58,27 @@ def _torch_device(platform: str) -> str:
     return "cpu"
 
 
-def hf_from_ours(family: str, config: Any, params: Any, rest: Any, graphdef: Any) -> Any:
-    """The transformers model holding our parameters, through our HF export (float32, train mode)."""
-    import transformers
-
+def export_ours(family: str, config: Any, params: Any, rest: Any, graphdef: Any,
+                directory: str) -> str:
+    """Our parameters as an HF checkpoint directory (the tested export); returns its path."""
     from mtl_jax.models import hf_t5, hf_xlmr
     from mtl_jax.training.train_state import merge_model
 
     model = merge_model(graphdef, params, rest)
-    with tempfile.TemporaryDirectory() as tmp:
-        if family == "t5":
-            hf_t5.export_hf_t5(model, config, tmp)
-            # transformers warns that lm_head is not tied to the embeddings: right for mT5.
-            return transformers.MT5ForConditionalGeneration.from_pretrained(tmp)
-        path = hf_xlmr.export_hf_xlmr(model, config, tmp, ["task0"])["task0"]
-        return transformers.XLMRobertaForSequenceClassification.from_pretrained(str(path))
+    if family == "t5":
+        hf_t5.export_hf_t5(model, config, directory)
+        return directory
+    return str(hf_xlmr.export_hf_xlmr(model, config, directory, ["task0"])["task0"])
+
+
+def load_hf(family: str, directory: str) -> Any:
+    """The transformers model of an exported directory (float32)."""
+    import transformers
+
+    if family == "t5":
+        # transformers warns that lm_head is not tied to the embeddings: right for mT5.
+        return transformers.MT5ForConditionalGeneration.from_pretrained(directory)
+    return transformers.XLMRobertaForSequenceClassification.from_pretrained(directory)
 
 
 def torch_batch(family: str, batch: dict[str, np.ndarray], device: str) -> dict[str, Any]:
@@ -169,9 +175,12 @@ def build_peers(bench: Any, ours: Any, kinds: tuple[str, ...] = KINDS) -> list[A
     host_batches = [jax.device_get(b) for b in ours.batches]
     opt_name = args.optimizer or ("adafactor" if family == "t5" else "adamw")
     peers = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = export_ours(family, config, params, rest, graphdef, tmp)
+        models = {kind: load_hf(family, directory) for kind in kinds}
     for kind in kinds:
         torch.manual_seed(args.seed)
-        model = hf_from_ours(family, config, params, rest, graphdef).to(device)
+        model = models.pop(kind).to(device)
         model.train(args.dropout == "on")
         step = TorchStep(model, torch_optimizer(opt_name, model, LEARNING_RATES[family]),
                          config.dtype, device, compiled=kind == "compile")

@@ -308,12 +308,12 @@ def section_methods(smoke: bool, batch: int = 32) -> dict[str, Any]:
 
 SECTIONS: dict[str, tuple[Callable[..., dict[str, Any]], int]] = {
     # name: (function, time budget in seconds on the GPU; --smoke scales them)
-    "device": (section_device, 45),
-    "parity": (section_parity, 60),
-    "attention": (section_attention, 45),
-    "bench_mt5": (section_bench_mt5, 170),
-    "bench_xlmr": (section_bench_xlmr, 110),
-    "methods": (section_methods, 90),
+    "device": (section_device, 30),
+    "parity": (section_parity, 50),
+    "attention": (section_attention, 40),
+    "bench_mt5": (section_bench_mt5, 200),
+    "bench_xlmr": (section_bench_xlmr, 100),
+    "methods": (section_methods, 70),
 }
 
 
