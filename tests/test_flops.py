@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-
-import helpers
 
 from mtl_jax import features as F
 from mtl_jax.features import count_real_tokens
@@ -37,7 +36,6 @@ from mtl_jax.models.layers import count_params
 from mtl_jax.models.t5 import T5Config, T5Model
 from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
 from mtl_jax.training import flops as fl
-
 
 # Matmul-dominated, one layer per stack (compiles in seconds on 2 cores).
 T5_GATED = T5Config(vocab_size=512, d_model=256, d_kv=64, d_ff=1024, num_layers=1, num_heads=4,

@@ -34,7 +34,7 @@ def test_gpu_check_smoke_without_tensorflow_seqio_gin(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)]),
            "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # one CPU device, as a plain machine has
-    probe = "import importlib.util as u; print([u.find_spec(n) for n in %r])" % (ABSENT,)
+    probe = f"import importlib.util as u; print([u.find_spec(n) for n in {ABSENT!r}])"
     seen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                           check=True).stdout
     assert seen.strip() == "[None, None, None]"

@@ -37,6 +37,7 @@ import numpy as np
 
 KINDS = ("eager", "compile")
 LEARNING_RATES = {"t5": 1e-3, "xlmr": 1e-5}  # what tools/benchmark.py gives our optimizer
+FAILED: dict[str, str] = {}  # peer variants whose first step raised (reported, not fatal)
 
 
 def single_task(args: argparse.Namespace) -> None:
@@ -186,7 +187,12 @@ def build_peers(bench: Any, ours: Any, kinds: tuple[str, ...] = KINDS) -> list[A
                          config.dtype, device, compiled=kind == "compile")
         batches = [torch_batch(family, b, device) for b in host_batches]
         t0 = time.perf_counter()
-        step(None, batches[0])
+        try:
+            step(None, batches[0])
+        except Exception as e:  # noqa: BLE001 - e.g. no compiler for Inductor: keep the others
+            FAILED[f"hf {kind}"] = f"{type(e).__name__}: {e}"[:1000]
+            print(f"[hf {kind}] failed, left out: {FAILED[f'hf {kind}']}")
+            continue
         compile_s = time.perf_counter() - t0
         peers.append(bench.Variant(f"hf {kind}", args, config, step, None, batches, ours.tokens,
                                    ours.flops_padded, ours.flops_useful, compile_s, None, 1))
@@ -207,7 +213,7 @@ def report(bench: Any, ours: list[Any], peers: list[Any]) -> dict[str, Any]:
     """Print and return ours/peer throughput ratios (median over rounds, p10/p90) for each of
     our variants against each peer."""
     out: dict[str, Any] = {"versions": versions(), "notes": __doc__.split("Differences")[1].strip(),
-                           "ratios": {}}
+                           "ratios": {}, "failed": dict(FAILED)}
     print(f"\nours vs the PyTorch peer ({len(peers[0].times)} interleaved rounds; ours throughput / "
           f"peer's, >1 = ours faster), torch {out['versions']['torch']}, transformers "
           f"{out['versions']['transformers']}:")

@@ -27,6 +27,7 @@ Writes ``OUTPUT/gpu_check.json`` (every section's numbers, status and time) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,8 +36,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 TOOLS = Path(__file__).resolve().parent
 REPO_ROOT = TOOLS.parent
@@ -177,9 +179,20 @@ def _ours_forward(name: str, directory: Path, inputs: dict[str, Any], dtype: str
     return np.asarray(logits.astype(jnp.float32)), float(loss)
 
 
+@contextlib.contextmanager
+def _full_precision() -> Iterator[None]:
+    import jax
+
+    old = jax.config.read("jax_default_matmul_precision")
+    jax.config.update("jax_default_matmul_precision", "highest")
+    try:
+        yield
+    finally:
+        jax.config.update("jax_default_matmul_precision", old)
+
+
 def section_parity(smoke: bool) -> dict[str, Any]:
     """Ours vs transformers on this device: float32 tight, bfloat16 as close as HF's own bf16."""
-    import jax
     import torch
 
     device = "cuda" if _on_gpu() else "cpu"
@@ -194,7 +207,7 @@ def section_parity(smoke: bool) -> dict[str, Any]:
                 with torch.autocast(device, dtype=torch.bfloat16):
                     ref16 = hf(**tin)
             ref_logits = ref.logits.float().cpu().numpy()
-            with jax.default_matmul_precision("highest"):  # no TF32: torch's float32 is exact
+            with _full_precision():  # no TF32: torch's float32 matmuls are full precision
                 logits32, loss32 = _ours_forward(name, directory, inputs, "float32")
             logits16, loss16 = _ours_forward(name, directory, inputs, "bfloat16")
             r = {
@@ -221,7 +234,6 @@ def section_attention(smoke: bool) -> dict[str, Any]:
         return {"status": NO_GPU}
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
     out: dict[str, Any] = {}
@@ -284,6 +296,7 @@ def _peer_section(model: str, length: list[str], smoke: bool, batch: int) -> dic
     rows = {r["variant"]: r for r in res["results"]}
     return {"config": res["config"], "args": res["args"],
             "ratios": res["peer"]["ratios"], "peer_versions": res["peer"]["versions"],
+            "peer_failed": res["peer"]["failed"],
             "variants": {k: {f: r[f] for f in ("compile_s", "step_median_s", "step_p90_s",
                                                "tokens_per_s", "tflops_per_s_per_device", "mfu")}
                          for k, r in rows.items()},
@@ -313,7 +326,7 @@ SECTIONS: dict[str, tuple[Callable[..., dict[str, Any]], int]] = {
     "attention": (section_attention, 40),
     "bench_mt5": (section_bench_mt5, 200),
     "bench_xlmr": (section_bench_xlmr, 100),
-    "methods": (section_methods, 70),
+    "methods": (section_methods, 100),
 }
 
 
