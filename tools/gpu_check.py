@@ -181,9 +181,15 @@ def _ours_forward(name: str, directory: Path, inputs: dict[str, Any], dtype: str
 
 @contextlib.contextmanager
 def _full_precision() -> Iterator[None]:
+    """Full-precision float32 matmuls (no TF32) while tracing and running under it."""
     import jax
 
-    old = jax.config.read("jax_default_matmul_precision")
+    scoped = getattr(jax, "default_matmul_precision", None)
+    if scoped is not None:
+        with scoped("highest"):
+            yield
+        return
+    old = jax.config.jax_default_matmul_precision
     jax.config.update("jax_default_matmul_precision", "highest")
     try:
         yield
