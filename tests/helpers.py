@@ -1,6 +1,6 @@
 """Helpers several test modules share, kept here so no test module imports another.
 
-- generic: ``host`` (device tree -> NumPy), ``assert_same_tensors`` (bit-exact state dicts),
+- generic: ``tool_module`` (a script of tools/ as a module), ``host`` (device tree -> NumPy), ``assert_same_tensors`` (bit-exact state dicts),
   ``hf_tokenizer`` (transformers' tokenizer over one of our sentencepiece models);
 - T5 / mT5 references: random-weight transformers models, our copies through the converter under
   test, batches, the relative bound ``assert_close`` and cheap-to-compile ``fast_jit``;
@@ -36,6 +36,21 @@ from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
 # ------------------------------------------------------------------------------------------------
 # Generic
 # ------------------------------------------------------------------------------------------------
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def tool_module(name: str) -> Any:
+    """``tools/NAME.py`` imported as module ``mtl_NAME`` (tools/ is not a package)."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"mtl_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"mtl_{name}"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def host(tree: Any) -> Any:

@@ -22,10 +22,8 @@ without it, at about half the compile time.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +36,6 @@ from mtl_jax.models.layers import count_params
 from mtl_jax.models.t5 import T5Config, T5Model
 from mtl_jax.models.xlmr import XLMRConfig, XLMRMultiTask
 from mtl_jax.training import flops as fl
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Matmul-dominated, one layer per stack (compiles in seconds on 2 cores).
 T5_GATED = T5Config(vocab_size=512, d_model=256, d_kv=64, d_ff=1024, num_layers=1, num_heads=4,
@@ -259,11 +255,7 @@ def test_peak_flops_and_mfu():
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("mtl_benchmark", REPO / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mtl_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    return helpers.tool_module("benchmark")
 
 
 @pytest.mark.parametrize("model", ["mt5_tiny", "mt5_small", "mt5_base", "mt5_large", "mt5_xl",

@@ -5,12 +5,16 @@
     python tools/benchmark.py --model xlmr_base --batch 32 --inputs 256 --compare rules=t5x,fsdp
     python tools/benchmark.py --model mt5_small --compare method=plain,r3f,lora,pcgrad
     python tools/benchmark.py --aot --models mt5_large --scan off,on --remat none,full,save_dots
+    python tools/benchmark.py --model xlmr_base --inputs 256 --peer hf   # vs transformers (torch)
 
 What runs is the trainer's own step (``make_train_step`` with the real optimizer, objective,
 shardings and donation) on batches named as in ``mtl_jax.features`` and placed through
 ``partitioning.global_batch``; only the input pipeline is left out (batches are made up front).
 Compilation is timed separately (lower + compile), then ``--warmup`` untimed steps, then
 ``--steps`` timed steps, each ended by ``block_until_ready``.
+
+``--peer hf`` adds transformers' PyTorch train step of the same model, eager and ``torch.compile``,
+to the same rounds and prints ours/peer ratios (``tools/benchmark_peer.py`` says what is matched).
 
 ``--compare KEY=A,B[,C]`` builds every variant in this one process and interleaves their steps
 (A B, B A, A B, ...), so machine noise hits all variants alike; the ratio reported is the median over
@@ -126,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "mtl_jax.training.flops.peak_flops)")
     p.add_argument("--cpu_devices", type=int, default=None,
                    help="fake CPU devices (sets XLA_FLAGS before jax starts; for mesh tests)")
+    p.add_argument("--peer", choices=("hf",), default=None,
+                   help="also run transformers' PyTorch train step (tools/benchmark_peer.py)")
+    p.add_argument("--peer_kinds", default="eager,compile",
+                   help="peer variants: eager and/or compile (torch.compile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all numbers and raw step times here")
     args = p.parse_args(argv)
@@ -564,6 +572,12 @@ def main(argv: list[str] | None = None) -> Any:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={args.cpu_devices}")
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.peer:  # torch shares the accelerator: JAX must not take 75% of it up front
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import benchmark_peer as peer
+
+        peer.single_task(args)
     try:
         import mtl_jax  # noqa: F401
     except ImportError:  # a checkout that is not pip-installed (e.g. the GPU machine)
@@ -591,6 +605,10 @@ def main(argv: list[str] | None = None) -> Any:
         print(f"[{label}] compiled in {v.compile_s:.1f} s; dtype={dtype} mesh={vargs.mesh} "
               f"rules={vargs.rules} micro_batches={vargs.micro_batches} batch={vargs.batch} "
               f"attention={vargs.attention} dropout={vargs.dropout}")
+    ours = list(built)
+    if args.peer:
+        built += peer.build_peers(sys.modules[__name__], ours[0],
+                                  tuple(k for k in args.peer_kinds.split(",") if k))
     c = built[0].config
     shape = (f"batch {args.batch} x inputs {args.inputs}"
              + (f" -> targets {args.targets}" if family_of(args.model) == "t5" else ""))
@@ -632,11 +650,13 @@ def main(argv: list[str] | None = None) -> Any:
     result: dict[str, Any] = {"args": vars(args), "environment": env, "sizes_from": source,
                               "config": dataclasses.asdict(c), "results": rows,
                               "peak_device_memory_bytes": memory}
-    if len(built) > 1:
+    if args.peer:
+        result["peer"] = peer.report(sys.modules[__name__], ours, built[len(ours):])
+    if len(ours) > 1:
         ratios = {}
         print(f"\nside by side, {args.steps} interleaved rounds "
               f"(throughput relative to {built[0].label}; >1 = faster):")
-        for other in built[1:]:
+        for other in ours[1:]:
             r = paired_ratios(built[0], other)
             summary = {"median": statistics.median(r), "p10": percentile(r, 0.1),
                        "p90": percentile(r, 0.9)}
