@@ -37,7 +37,7 @@ from mtl_jax.data.converters import FeatureConverter
 log = logging.getLogger(__name__)
 
 
-def _get_task(name: str) -> seqio.Task:
+def get_task(name: str) -> seqio.Task:
     try:
         provider = seqio.get_mixture_or_task(name)
     except ValueError as e:
@@ -105,7 +105,7 @@ class SeqioSource:
         _check_split(name, split)
 
     def _open(self, epoch: int, start: int) -> None:
-        ds = _get_task(self.name).get_dataset(
+        ds = get_task(self.name).get_dataset(
             sequence_length=self._sequence_length, split=self.split, shuffle=False,
             seed=task_seed(self._seed, self.name, epoch), shard_info=self._shard, num_epochs=1,
         )
@@ -130,7 +130,7 @@ class SeqioSource:
 
 
 def _check_split(name: str, split: str) -> None:
-    task = _get_task(name)
+    task = get_task(name)
     if split not in task.splits:
         raise KeyError(f"task '{name}' has no split '{split}'; it has {list(task.splits)}")
 
@@ -170,7 +170,7 @@ def mixture_members(mixture_name: str, split: str) -> list[tuple[str, float]]:
         members: list[tuple[str, float]] = [(provider.name, 1.0)]
     else:
         members = [(t.name, float(provider.get_rate(t))) for t in provider.tasks]
-    kept = [(n, r) for n, r in members if r > 0 and split in _get_task(n).splits]
+    kept = [(n, r) for n, r in members if r > 0 and split in get_task(n).splits]
     left = sorted({n for n, _ in members} - {n for n, _ in kept})
     if left:
         log.info(
