@@ -199,7 +199,8 @@ def open_cache(
                          "files)")
     cached = dict(cache.members(split))
     if members is not None:
-        now = dict(members)
+        total = sum(r for _, r in members)
+        now = {t: r / total for t, r in members}
         missing, extra = sorted(set(now) - set(cached)), sorted(set(cached) - set(now))
         if missing or extra:
             raise CacheError(f"cache {root} (mixture '{mixture}', split '{split}') lacks tasks "

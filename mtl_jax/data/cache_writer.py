@@ -142,7 +142,9 @@ def write_cache(
     members: dict[str, list] = {}
     for split in splits:
         try:
-            members[split] = [[t, r] for t, r in mixture_members(mixture, split)]
+            kept = mixture_members(mixture, split)
+            total = sum(r for _, r in kept)
+            members[split] = [[t, r / total] for t, r in kept]  # normalised
         except ValueError:
             log.info("mixture %s has no task with split %s: not cached", mixture, split)
     if not members:

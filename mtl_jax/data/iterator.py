@@ -195,6 +195,7 @@ def mixture_iterator(
     batch_mode: str = "heterogeneous",
     shuffle: bool = True,
     repeat: bool | None = None,
+    shuffle_window: int = SHUFFLE_WINDOW,
 ) -> BatchIterator:
     """A :class:`BatchIterator` over a registered seqio Mixture's tasks and rates (or one Task).
 
@@ -213,6 +214,7 @@ def mixture_iterator(
         batch_mode=batch_mode,
         shuffle=shuffle,
         repeat=repeat,
+        shuffle_window=shuffle_window,
     )
 
 
