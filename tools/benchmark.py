@@ -548,6 +548,12 @@ def environment() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--data" in argv:  # the input pipeline instead of the step: tools/benchmark_data.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import benchmark_data
+
+        return benchmark_data.main([a for a in argv if a != "--data"])
     args = parse_args(argv)
     if args.cpu_devices:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
