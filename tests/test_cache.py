@@ -265,3 +265,49 @@ def test_real_bundled_mixture_cached_equals_uncached(tmp_path):
             x, y = next(a), next(b)
             _same(x, y, f"shard {k} batch {i}")
         assert set(np.unique(x[F.LABELS])) <= {0, 1, 2}
+
+
+def _cache_cli(tmp_path: Path, *extra: str) -> Path:
+    import cli_runs as runs
+
+    from mtl_jax import cache as cache_cli
+
+    out = tmp_path / "cache"
+    params = [f"--gin_param={p}" for p in [*runs.TINY, *extra]]
+    assert cache_cli.main(["--gin_file=demo_mt5.gin", *params, f"--output={out}",
+                           "--splits", "train"]) == 0
+    return out
+
+
+def test_train_refuses_a_cache_of_other_lengths_before_writing(tmp_path, capsys):
+    """A cache built with other sequence lengths stops the run (exit 2) naming the binding and
+    both lengths; the model directory is never created."""
+    import cli_runs as runs
+
+    from mtl_jax import train as train_cli
+
+    out = _cache_cli(tmp_path, "TrainConfig.sequence_length={'inputs': 32, 'targets': 4}")
+    model_dir = tmp_path / "run"
+    code = train_cli.main(runs.cli_args(model_dir, f"TrainConfig.cache_dir='{out}'"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "TrainConfig.cache_dir" in err and "sequence_length" in err and "'inputs': 32" in err
+    assert not model_dir.exists()
+
+
+@pytest.mark.slow
+def test_cached_training_run_equals_the_uncached_one(tmp_path):
+    """python -m mtl_jax.cache, then the same tiny run with and without TrainConfig.cache_dir:
+    identical losses and gradient norms at every step."""
+    import cli_runs as runs
+
+    out = _cache_cli(tmp_path)
+    steps = ["TrainConfig.num_steps=6", "TrainConfig.eval_every=6", "TrainConfig.pack=True"]
+    ref, cached = tmp_path / "ref", tmp_path / "cached"
+    assert runs.launch_train(ref, *steps).wait(timeout=900) == 0
+    assert runs.launch_train(cached, *steps, f"TrainConfig.cache_dir='{out}'").wait(
+        timeout=900) == 0
+    a, b = runs.records(ref, "train"), runs.records(cached, "train")
+    assert [r["step"] for r in b] == list(range(1, 7))
+    for x, y in zip(a, b, strict=True):
+        assert (x["loss"], x["grad_norm"]) == (y["loss"], y["grad_norm"]), x["step"]

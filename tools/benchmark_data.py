@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128, help="global batch (rows)")
     p.add_argument("--inputs", type=int, default=512)
     p.add_argument("--targets", type=int, default=16, help="decoder length (mT5)")
-    p.add_argument("--batches", type=int, default=40, help="timed batches per variant")
+    p.add_argument("--examples", type=int, default=None, help="examples timed per pipeline "
+                   "(default: one epoch of the dev-set mixture; mC4: a tenth of that)")
     p.add_argument("--device", default="H100", help="accelerator whose peak sets the step's "
                    "consumption (a jax device_kind substring)")
     p.add_argument("--mfu", type=float, default=0.40)
@@ -62,7 +63,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_mc4", action="store_true", help="skip the mC4 span-corruption rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write every number here")
+    p.add_argument("--formats", action="store_true", help="only compare the read speed of the "
+                   "cache's NumPy memmaps with ArrayRecord (why the cache uses memmaps)")
     return p.parse_args(argv)
+
+
+def compare_formats(n: int = 200_000, reads: int = 100_000) -> dict[str, float]:
+    """Examples/s per core reading token sequences in random order: memmap slices vs ArrayRecord
+    records (synthetic: 20-120 tokens each, int32)."""
+    import numpy as np
+    from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 120, n)
+    tokens = rng.integers(0, 250_000, lengths.sum()).astype(np.int32)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    d = Path(tempfile.mkdtemp(prefix="bench_formats_"))
+    np.save(d / "t.npy", tokens)
+    np.save(d / "o.npy", offsets)
+    writer = ArrayRecordWriter(str(d / "t.array_record"), "group_size:1")
+    for i in range(n):
+        writer.write(tokens[offsets[i]:offsets[i + 1]].tobytes())
+    writer.close()
+    order = rng.permutation(n)[:reads]
+
+    def memmap() -> int:
+        t, o = np.load(d / "t.npy", mmap_mode="r"), np.load(d / "o.npy", mmap_mode="r")
+        return sum(t[o[i]:o[i + 1]].size for i in order)
+
+    def array_record() -> int:
+        reader = ArrayRecordReader(str(d / "t.array_record"), "readahead_buffer_size:0")
+        return sum(np.frombuffer(b, np.int32).size for chunk in np.array_split(order, 100)
+                   for b in reader.read(chunk.tolist()))
+
+    out = {}
+    for f in (memmap, array_record, memmap, array_record):  # interleaved, best of two
+        cpu = time.process_time()
+        f()
+        out[f.__name__] = max(out.get(f.__name__, 0.0), reads / (time.process_time() - cpu))
+    for name, rate in out.items():
+        print(f"{name}: {rate:,.0f} examples/s/core (random reads of {reads:,} of {n:,})")
+    return out
 
 
 def _real_mixture(fmt: str, shared: Path) -> tuple[str, list[str]]:
@@ -111,21 +153,21 @@ def _real_tokens(batch: dict[str, Any]) -> tuple[int, int]:
     return int(mask.sum()), int(np.count_nonzero(mask.sum(1)))
 
 
-def measure(make, batches: int, to_global) -> dict[str, Any]:
-    """Time ``batches`` batches of ``make()`` (after one untimed, which opens the pipelines)."""
-    it = make()
-    to_global(next(it))
-    tokens = examples = 0
+def measure(make, examples: int, to_global) -> dict[str, Any]:
+    """Time a fresh pipeline from its first batch until it has handed out ``examples`` examples:
+    opening the task pipelines and tokenizing (seqio) or slicing (cache) each epoch count."""
+    tokens = seen = batches = 0
     wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(batches):
+    it = make()
+    while seen < examples:
         batch = next(it)
         to_global(batch)
         t, e = _real_tokens(batch)
-        tokens, examples = tokens + t, examples + e
+        tokens, seen, batches = tokens + t, seen + e, batches + 1
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"batches": batches, "tokens": tokens, "examples": examples, "wall_s": wall,
-            "cpu_s": cpu, "tokens_per_core_s": tokens / cpu, "examples_per_core_s": examples / cpu,
-            "tokens_per_wall_s": tokens / wall, "examples_per_wall_s": examples / wall}
+    return {"batches": batches, "tokens": tokens, "examples": seen, "wall_s": wall,
+            "cpu_s": cpu, "tokens_per_core_s": tokens / cpu, "examples_per_core_s": seen / cpu,
+            "tokens_per_wall_s": tokens / wall, "examples_per_wall_s": seen / wall}
 
 
 def step_consumption(args: argparse.Namespace, mean_tokens: float) -> dict[str, Any]:
@@ -150,6 +192,8 @@ def step_consumption(args: argparse.Namespace, mean_tokens: float) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.formats:
+        return compare_formats()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
@@ -213,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          uncached(_mc4_mixture(), pack)))
     results = {}
     for label, make in runs:
-        results[label] = measure(make, args.batches, to_global)
+        target = args.examples or n_examples
+        results[label] = measure(make, target // 10 if "mC4" in label else target, to_global)
         r = results[label]
         print(f"measured {label}: {r['tokens_per_core_s']:,.0f} tokens/s/core", flush=True)
     unpacked = results["seqio unpacked"]
