@@ -109,20 +109,24 @@ class CachedTask:
                                  "examples: rebuild the cache")
             self.scalars[feature] = values
 
-    def example(self, i: int) -> dict[str, Any]:
-        ex: dict[str, Any] = dict(self.constants)
+    def examples(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """The examples at ``rows`` (token features as views into the memmaps)."""
+        columns: dict[str, Sequence[Any]] = {}
         for k, (tokens, offsets) in self.tokens.items():
-            ex[k] = tokens[offsets[i]:offsets[i + 1]]
+            starts, ends = offsets[rows].tolist(), offsets[rows + 1].tolist()
+            columns[k] = [tokens[a:b] for a, b in zip(starts, ends, strict=True)]
         for k, values in self.scalars.items():
-            ex[k] = values[i]
-        return ex
+            columns[k] = values[rows]
+        return [{**self.constants, **{k: c[j] for k, c in columns.items()}}
+                for j in range(len(rows))]
 
 
 def _load(path: Path, task: str, split: str) -> np.ndarray:
     if not path.is_file():
         raise CacheError(f"cache task '{task}' split '{split}': {path} is missing: rebuild the "
                          "cache")
-    return np.load(path, mmap_mode="r")
+    # A plain ndarray view of the memmap: slicing an np.memmap costs several times more.
+    return np.asarray(np.load(path, mmap_mode="r"))
 
 
 class CachedSource:
@@ -135,7 +139,7 @@ class CachedSource:
 
     def read(self, epoch: int, start: int, count: int) -> list[dict[str, Any]]:
         del epoch  # every epoch reads the same examples; the order is the caller's
-        return [self._task.example(int(i)) for i in self._rows[start:start + count]]
+        return self._task.examples(self._rows[start:start + count])
 
 
 class Cache:
