@@ -293,10 +293,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     head = ["pipeline", "tokens/s/core", "examples/s/core", "tokens/s wall", "cores to keep up"]
     lines = [head]
     for label, r in results.items():
-        need = step["packed_tokens_per_s"] if "packed" in label and "unpacked" not in label \
-            else step["unpacked_tokens_per_s"]
+        # A packed row is full (tokens); an unpacked row is one example, whatever its length.
+        cores = (step["packed_tokens_per_s"] / r["tokens_per_core_s"] if label.endswith(" packed")
+                 else step["rows_per_s"] / r["examples_per_core_s"])
         lines.append([label, f"{r['tokens_per_core_s']:,.0f}", f"{r['examples_per_core_s']:,.0f}",
-                      f"{r['tokens_per_wall_s']:,.0f}", f"{need / r['tokens_per_core_s']:.1f}"])
+                      f"{r['tokens_per_wall_s']:,.0f}", f"{cores:.1f}"])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     for j, row in enumerate(lines):
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
