@@ -21,7 +21,8 @@ from flax import nnx
 
 from mtl_jax.data import eval_sets, mixtures, tasks
 from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
-from mtl_jax.data.iterator import shard_blocks, sharded_mixture_iterator
+from mtl_jax.data.cache_reader import Cache, CacheError, open_cache, sharded_cache_iterator
+from mtl_jax.data.iterator import mixture_members, shard_blocks, sharded_mixture_iterator
 from mtl_jax.evaluation.evaluator import Evaluator
 from mtl_jax.evaluation.predictor import Predictor
 from mtl_jax.evaluation.runner import ModelRunner
@@ -379,6 +380,12 @@ class Experiment:
 
     def train_batches(self) -> Any:
         shards, rows = data_shards(self.cfg, self.batch_sharding)
+        if self.cfg.cache_dir:
+            return sharded_cache_iterator(
+                training_cache(self.cfg), self.cfg.sequence_length, self.cfg.batch_size, rows,
+                shards, converter(self.cfg, self.layout, self.vocab), self.cfg.seed,
+                batch_mode=self.cfg.batch_mode,
+            )
         return sharded_mixture_iterator(
             self.cfg.mixture, self.cfg.sequence_length, self.cfg.batch_size, rows, shards,
             converter(self.cfg, self.layout, self.vocab), self.cfg.seed,
@@ -508,6 +515,19 @@ def vocabulary_file(cfg: TrainConfig) -> Path:
     return path / family.tokenizer_file if path.is_dir() else path
 
 
+def training_cache(cfg: TrainConfig) -> Cache:
+    """``TrainConfig.cache_dir``, checked against the run's mixture (its members and rates now),
+    sequence lengths and vocabulary."""
+    try:
+        return open_cache(
+            cfg.cache_dir, cfg.mixture, cfg.sequence_length,
+            members=mixture_members(cfg.mixture, mixtures.TRAIN_SPLIT),
+            vocabularies={task_format(cfg.family): vocabulary_file(cfg)},
+        )
+    except CacheError as e:
+        raise ConfigError(f"TrainConfig.cache_dir: {e}") from e
+
+
 def data_shards(cfg: TrainConfig, batch_sharding: Any) -> tuple[int, tuple[int, int]]:
     """(number of data shards, this process's rows of a global batch), checked."""
     shards = cfg.data_shards or jax.process_count()
@@ -556,6 +576,8 @@ def build(cfg: TrainConfig, training: bool = True) -> Experiment:
     )
     batch_sharding = part.batch_sharding(mesh, rules)
     data_shards(cfg, batch_sharding)  # fail before anything of the run is written
+    if training and cfg.cache_dir:
+        training_cache(cfg)
     return Experiment(cfg, layout, vocab, config, mesh, rules, optimizer, graphdef, abstract,
                       shardings, batch_sharding)
 

@@ -55,6 +55,9 @@ class TrainConfig:
     # Fix it (a multiple of every process count you will use) to make runs on different numbers
     # of processes see the same batches and resume exactly across a resize. See docs/scaling.md.
     data_shards: int | None = None
+    # A pre-tokenized cache of `mixture` (python -m mtl_jax.cache): training batches are read
+    # from it without TensorFlow or seqio, identical to the uncached ones (docs/cache.md).
+    cache_dir: str | None = None
     # Training length: num_steps updates, or num_epochs passes over the mixture's training
     # examples (steps = ceil(num_epochs * examples / batch_size), computed when the run is built
     # and logged). Give at most one; neither = 1000 steps.

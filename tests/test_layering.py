@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mtl_jax"
-CLIS = ("train", "evaluate", "predict", "inspect", "convert", "task_embed")
+CLIS = ("train", "evaluate", "predict", "inspect", "convert", "task_embed", "cache")
 # package -> the mtl_jax packages/modules it must not import (at any depth, lazily or not)
 FORBIDDEN = {
     "models": ("mtl_jax.training", "mtl_jax.evaluation", "mtl_jax.data", "mtl_jax.experiment"),

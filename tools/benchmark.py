@@ -562,11 +562,16 @@ def environment() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tools below
     if "--aot" in argv:  # compile time and memory without an accelerator: tools/benchmark_aot.py
         from benchmark_aot import main as aot_main
 
         return aot_main([a for a in argv if a != "--aot"])
+    if "--data" in argv:  # the input pipeline instead of the step: tools/benchmark_data.py
+        import benchmark_data
+
+        return benchmark_data.main([a for a in argv if a != "--data"])
     args = parse_args(argv)
     if args.cpu_devices:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -574,7 +579,6 @@ def main(argv: list[str] | None = None) -> Any:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.peer:  # torch shares the accelerator: JAX must not take 75% of it up front
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         import benchmark_peer as peer
 
         peer.single_task(args)
