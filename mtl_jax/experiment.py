@@ -20,8 +20,8 @@ import numpy as np
 from flax import nnx
 
 from mtl_jax.data import eval_sets, mixtures, tasks
-from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
 from mtl_jax.data.cache_reader import Cache, CacheError, open_cache, sharded_cache_iterator
+from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
 from mtl_jax.data.iterator import mixture_members, shard_blocks, sharded_mixture_iterator
 from mtl_jax.evaluation.evaluator import Evaluator
 from mtl_jax.evaluation.predictor import Predictor
