@@ -38,7 +38,6 @@ from mtl_jax.training.objectives import (
     R3FObjective,
 )
 from mtl_jax.training.step import make_train_step
-from mtl_jax.training.uncertainty import UncertaintySampler, regression_quotas
 from mtl_jax.training.train_state import (
     TrainState,
     abstract_model,
@@ -47,6 +46,7 @@ from mtl_jax.training.train_state import (
     state_from_params,
     train_state_shardings,
 )
+from mtl_jax.training.uncertainty import UncertaintySampler, regression_quotas
 
 log = logging.getLogger(__name__)
 

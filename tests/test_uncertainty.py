@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cli_runs as runs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,6 @@ import optax
 import pytest
 from flax import nnx
 
-import cli_runs as runs
 from mtl_jax import features as F
 from mtl_jax import train as train_cli
 from mtl_jax.data.batching import MixtureBatches
