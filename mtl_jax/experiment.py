@@ -46,6 +46,7 @@ from mtl_jax.training.train_state import (
     state_from_params,
     train_state_shardings,
 )
+from mtl_jax.training.uncertainty import UncertaintySampler, regression_quotas
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,31 @@ def gradient_combiner(cfg: TrainConfig) -> Any:
         f"TrainConfig.gradient_combiner={cfg.gradient_combiner!r}: expected None or 'pcgrad'")
 
 
+def uncertainty_sampler(cfg: TrainConfig, layout: TaskLayout,
+                        batch_sharding: Any) -> UncertaintySampler | None:
+    """MT-Uncertainty sampling for ``TrainConfig.batch_mode='uncertainty'`` (else None): each
+    regression head keeps its mixture-rate share of every shard's batch (docs/methods.md)."""
+    if cfg.batch_mode != "uncertainty":
+        return None
+    where = f"TrainConfig.batch_mode='uncertainty' with family={cfg.family!r}"
+    if get_family(cfg.family).encoder_decoder:
+        raise ConfigError(f"{where}: MT-Uncertainty sampling scores the entropy of per-task "
+                          "classification heads; text-to-text models have none (use "
+                          "family='xlmr')")
+    if cfg.pack:
+        raise ConfigError(f"{where}: TrainConfig.pack=True cannot be selected from; set it False")
+    shards, _ = data_shards(cfg, batch_sharding)
+    num_labels = tuple(max(n, 1) for n in layout.head_labels)
+    rates = [0.0] * len(layout.heads)
+    for name, rate in mixture_members(cfg.mixture, mixtures.TRAIN_SPLIT):
+        rates[layout.heads.index(tasks.task_info(name).head)] += rate
+    if not any(n > 1 and r > 0 for n, r in zip(num_labels, rates, strict=True)):
+        raise ConfigError(f"{where}: mixture {cfg.mixture!r} has no classification task to "
+                          "score (regression tasks are sampled at their rate)")
+    quotas = regression_quotas(rates, [n == 1 for n in num_labels], cfg.batch_size // shards)
+    return UncertaintySampler(num_labels, quotas, shards, cfg.batch_size)
+
+
 def make_optimizer(cfg: TrainConfig, optimizer_args: dict[str, Any],
                    lora: bool = False) -> optimizers.Optimizer:
     """``TrainConfig``'s optimizer dict -> ``optimizers.make_optimizer``. ``train``/``freeze``:
@@ -376,6 +402,7 @@ class Experiment:
             self.optimizer, self.mesh,
             self.shardings, self.batch_sharding, self.cfg.micro_batches, rules=self.rules,
             deterministic=not self.cfg.dropout, combiner=gradient_combiner(self.cfg),
+            sampler=uncertainty_sampler(self.cfg, self.layout, self.batch_sharding),
         )
 
     def train_batches(self) -> Any:
@@ -576,6 +603,8 @@ def build(cfg: TrainConfig, training: bool = True) -> Experiment:
     )
     batch_sharding = part.batch_sharding(mesh, rules)
     data_shards(cfg, batch_sharding)  # fail before anything of the run is written
+    if training:
+        uncertainty_sampler(cfg, layout, batch_sharding)
     if training and cfg.cache_dir:
         training_cache(cfg)
     return Experiment(cfg, layout, vocab, config, mesh, rules, optimizer, graphdef, abstract,

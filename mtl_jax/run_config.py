@@ -49,6 +49,9 @@ class TrainConfig:
     batch_size: int = 32  # global effective batch (examples or packed rows) per update
     micro_batches: int = 1
     pack: bool = False
+    # "heterogeneous" (examples draw their task), "homogeneous" (batches draw one task) or
+    # "uncertainty" (CA-MTL's MT-Uncertainty sampling, XLM-R: the batch is chosen from a pool of
+    # batch_size examples per task by prediction entropy; docs/methods.md).
     batch_mode: str = "heterogeneous"
     # Training batches are built from this many data shards (each global batch is data_shards
     # blocks of batch_size / data_shards rows, block k from shard k). None = the process count.

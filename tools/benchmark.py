@@ -73,7 +73,7 @@ _XLMR_COMMON = dict(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_
 COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout", "method",
               "scan", "remat")
 # --method: the MTL method switched on in the step (thesis settings; docs/methods.md).
-METHODS = ("plain", "r3f", "loss_scaling", "pcgrad", "lora")
+METHODS = ("plain", "r3f", "loss_scaling", "pcgrad", "lora", "uncertainty")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", default="plain",
                    help=f"MTL method in the step: {' | '.join(METHODS)} (R3F sigma 1e-5 lambda "
                         "1e-2; LoRA r 32 alpha 32 on q/v, base frozen; PCGrad over the tasks of "
-                        "--task_labels)")
+                        "--task_labels; uncertainty: MT-Uncertainty selection of --batch rows "
+                        "from a pool of --batch per task, XLM-R only)")
     p.add_argument("--attention", default="auto", help="attention impl: auto | cudnn | xla")
     p.add_argument("--scan", default="off", choices=("off", "on"), help="scan_layers")
     p.add_argument("--remat", default="none", help="remat policy: none | full | save_dots")
@@ -395,6 +396,13 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
         from mtl_jax.training.pcgrad import PCGrad
 
         combiner = PCGrad()
+    sampler, pool = None, 1  # pool: candidate rows per trained row (MT-Uncertainty)
+    if args.method == "uncertainty":
+        from mtl_jax.training.uncertainty import UncertaintySampler
+
+        if family == "t5":
+            raise SystemExit("--method uncertainty needs an XLM-R model (classification heads)")
+        sampler, pool = UncertaintySampler(labels, (0,) * len(labels), 1, args.batch), len(labels)
     seed = args.seed
     graphdef, state, shardings = create_train_state(
         lambda: model_cls(config, rngs=nnx.Rngs(seed)), optimizer, mesh, rules, seed
@@ -402,22 +410,24 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
     batch_sh = part.batch_sharding(mesh, rules)
     step = make_train_step(graphdef, objective, optimizer, mesh, shardings, batch_sh,
                            micro_batches=args.micro_batches, rules=rules,
-                           deterministic=args.dropout == "off", combiner=combiner)
+                           deterministic=args.dropout == "off", combiner=combiner,
+                           sampler=sampler)
     procs, rank = jax.process_count(), jax.process_index()
     if args.batch % procs:
         raise SystemExit(f"--batch {args.batch} is not divisible by {procs} processes")
-    rows = args.batch // procs
+    rows = args.batch * pool // procs
     batches, tokens, useful = [], [], []
     for k in range(2):  # two distinct batches, alternated, so no step sees identical inputs
         # Every process draws the whole global batch and keeps its rows: FLOPs and tokens are
         # counted on the global batch, identically on every process.
+        # Tokens and FLOPs count the trained batch; a pool's extra forward pass is overhead.
         full, lengths = synthetic_batch(family, config, args, seed=1000 * k + args.seed,
-                                        rows=args.batch)
+                                        rows=args.batch * pool)
         local = {name: x[rank * rows:(rank + 1) * rows] for name, x in full.items()}
         batches.append(part.global_batch(local, mesh, batch_sh))
-        tokens.append(F.count_real_tokens(full))
+        tokens.append(F.count_real_tokens({n: x[:args.batch] for n, x in full.items()}))
         useful.append(fl.model_flops(config, args.batch, args.inputs, args.targets,
-                                     **lengths).train)
+                                     **{n: x[:args.batch] for n, x in lengths.items()}).train)
     padded = fl.model_flops(config, args.batch, args.inputs, args.targets).train
     t0 = time.perf_counter()
     compiled = step.lower(state, batches[0]).compile()

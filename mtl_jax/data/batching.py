@@ -22,6 +22,10 @@ Design (why it is exact, and why the cached and uncached paths agree by construc
   ``np.random.default_rng([seed, 1, shard index, i // 4096])``, and the task of the k-th batch
   (homogeneous mode) from ``default_rng([seed, 2, k // 4096])`` (no shard index: every shard
   picks the same task for batch k, so the GLOBAL batch is homogeneous).
+- Pool mode ("uncertainty", CA-MTL's MT-Uncertainty sampling, :mod:`mtl_jax.training.uncertainty`):
+  every batch is a candidate POOL of ``batch_size`` examples from EVERY task, task-major
+  (``len(tasks) * batch_size`` rows); no draw is involved, so each task's stream position is the
+  whole state. The train step picks ``batch_size`` rows of each shard's pool.
 - Packing peeks: an example that does not fit the batch any more stays at the head of its stream
   and is not counted, so the counters always describe exactly what was handed out.
 
@@ -41,7 +45,7 @@ import numpy as np
 
 from mtl_jax.data.converters import FeatureConverter
 
-BATCH_MODES = ("heterogeneous", "homogeneous")
+BATCH_MODES = ("heterogeneous", "homogeneous", "uncertainty")
 # 2: the order became ours (windowed permutations of the source order); version-1 states came
 # from tf.data shuffles and cannot be continued exactly.
 STATE_VERSION = 2
@@ -159,7 +163,8 @@ class MixtureBatches:
         ``EncDecConverter`` or ``ClassificationConverter`` (mtl_jax/data/converters.py).
       seed: one integer for everything (orders, task choices). shard: this data shard.
       batch_mode: "heterogeneous" (every example draws its task; batches mix tasks) or
-        "homogeneous" (every batch draws one task, the same on every shard).
+        "homogeneous" (every batch draws one task, the same on every shard) or "uncertainty"
+        (every batch is a pool of ``batch_size`` examples of every task, task-major; not packed).
       shuffle: permute each task's examples (windowed). repeat: loop over each task forever
         (default: only for the "train" split). Without repeat, iteration stops at the first
         exhausted task a draw needs, after a last, partly filled batch.
@@ -198,6 +203,8 @@ class MixtureBatches:
             raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got '{batch_mode}'")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_mode == "uncertainty" and converter.pack:
+            raise ValueError("batch_mode 'uncertainty' selects examples, so it cannot pack them")
         shard = shard if shard is not None else Shard(0, 1)
         shard = Shard(int(shard.index), int(shard.num_shards))
         if not 0 <= shard.index < shard.num_shards:
@@ -243,6 +250,8 @@ class MixtureBatches:
     def __next__(self) -> dict[str, np.ndarray]:
         if self._done:
             raise StopIteration
+        if self.batch_mode == "uncertainty":
+            return self._next_pool()
         builder = self.converter.builder(self.batch_size, self.sequence_length)
         full_at = None if self.converter.pack else self.batch_size
         fixed_task = self._task_index(self._batches) if self.batch_mode == "homogeneous" else None
@@ -257,6 +266,21 @@ class MixtureBatches:
                 break  # does not fit: stays at the head of its stream for the next batch
             stream.pop()
             self._position += 1
+        if builder.num_examples == 0:
+            raise StopIteration
+        self._batches += 1
+        return builder.build()
+
+    def _next_pool(self) -> dict[str, np.ndarray]:
+        """``batch_size`` examples of every task in task order (a candidate pool); a task that
+        ends (no repeat) ends the iteration after this last, partly filled pool."""
+        builder = self.converter.builder(self.batch_size * len(self.tasks), self.sequence_length)
+        for stream in self._streams:
+            for _ in range(self.batch_size):
+                if stream.peek() is None:
+                    self._done = True
+                    break
+                builder.add(stream.pop())
         if builder.num_examples == 0:
             raise StopIteration
         self._batches += 1

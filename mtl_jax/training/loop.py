@@ -331,6 +331,10 @@ class _Skips:
             )
 
 
+# Per-task metric arrays (``[num_tasks]``, negative = not applicable) logged as ``PREFIX/task``.
+PER_TASK_METRICS = {"selected_fraction": "selected", "pool_entropy": "entropy"}
+
+
 class _Throughput:
     def __init__(self) -> None:
         self.last = time.perf_counter()
@@ -366,6 +370,11 @@ def _log_train(
         for name, value, weight in zip(task_names, losses, weights, strict=False):
             if weight > 0:
                 record[f"loss/{name}"] = float(value)
+    for key, prefix in PER_TASK_METRICS.items():  # e.g. where MT-Uncertainty sampling goes
+        if task_names and key in host:
+            for name, value in zip(task_names, np.asarray(host[key]), strict=False):
+                if value >= 0:
+                    record[f"{prefix}/{name}"] = float(value)
     record["steps_per_sec"] = 1.0 / dt
     record["tokens_per_sec"] = tokens / dt
     skipped = bool(np.asarray(host.get("skipped", 0)))

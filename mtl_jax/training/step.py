@@ -31,6 +31,7 @@ from mtl_jax.training.objectives import Batch, LossTerms, Objective, loss_scale
 from mtl_jax.training.optimizers import Optimizer
 from mtl_jax.training.pcgrad import is_task_specific
 from mtl_jax.training.train_state import TrainState, merge_model, step_key
+from mtl_jax.training.uncertainty import UncertaintySampler, normalized_entropy
 
 Metrics = dict[str, jax.Array]
 BatchShardings = NamedSharding | Mapping[str, NamedSharding]
@@ -77,6 +78,8 @@ def _split_micro_batches(
 # is ``fold_in(step_key, NOISE_STREAM)``, one key for the whole effective batch, and objectives
 # make per-row noise from it with the batch's ``row_index``.
 NOISE_STREAM = 0x6E6F6973
+# Dropout of the MT-Uncertainty scoring pass: ``fold_in(fold_in(step_key, SELECT_STREAM), chunk)``.
+SELECT_STREAM = 0x73656C63
 
 
 def make_train_step(
@@ -92,6 +95,7 @@ def make_train_step(
     deterministic: bool = False,
     donate: bool = True,
     combiner: Any = None,
+    sampler: UncertaintySampler | None = None,
 ) -> CompiledStep:
     """``step(state, batch) -> (new_state, metrics)``, compiled once per batch shape.
 
@@ -108,6 +112,11 @@ def make_train_step(
     (e.g. ``r3f_kl``). ``deterministic=True`` turns dropout off. The model's non-trainable state
     is read, not written, by the forward passes; after the update the model's ``post_update``
     hook (if it has one: R4F's power iteration) may move it on.
+
+    With a ``sampler`` (MT-Uncertainty, ``training/uncertainty.py``) the step is handed a pool
+    and first selects the batch: one forward pass over the pool in ``micro_batches`` chunks, no
+    gradients, dropout unless ``deterministic``; metrics gain ``selected_fraction`` and
+    ``pool_entropy`` (``[num_tasks]``).
     """
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
@@ -116,6 +125,9 @@ def make_train_step(
         with nnx.logical_axis_rules(rules):
             key = step_key(state.rng, state.step)
             noise_key = jax.random.fold_in(key, NOISE_STREAM)
+            selection: Metrics = {}
+            if sampler is not None:
+                batch, selection = _select(state, batch, jax.random.fold_in(key, SELECT_STREAM))
             # Differentiate only the trainable leaves: frozen ones enter as constants, so their
             # backward pass and accumulators do not exist at all (LoRA over a frozen base).
             leaves, treedef = jax.tree.flatten(state.params)
@@ -175,7 +187,7 @@ def make_train_step(
             params = keep_unless(ok, params, state.params)
             opt_state = keep_unless(ok, opt_state, state.opt_state)
             rest = keep_unless(ok, _post_update(graphdef, params, state.rest), state.rest)
-            metrics = dict(aux)
+            metrics = {**aux, **selection}
             metrics["loss"] = loss
             metrics["grad_norm"] = grad_norm
             metrics["learning_rate"] = jnp.asarray(
@@ -185,6 +197,28 @@ def make_train_step(
             new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                       rest=rest)
             return new_state, metrics
+
+    def _select(state: TrainState, pool: Batch, key: jax.Array) -> tuple[Batch, Metrics]:
+        model = merge_model(graphdef, state.params, state.rest)
+        forward = getattr(objective, "base", objective)  # a wrapper (R3F) scores like its base
+        if micro_batches == 1 or next(iter(pool.values())).shape[0] % micro_batches:
+            chunks, n = jax.tree.map(lambda x: x[None], pool), 1
+        else:
+            chunks, n = _split_micro_batches(pool, micro_batches, mesh, rules), micro_batches
+
+        def score(xs: tuple[jax.Array, Batch]) -> jax.Array:
+            i, chunk = xs
+            rngs = nnx.Rngs(dropout=jax.random.fold_in(key, i))
+            out = forward.outputs(model, chunk, deterministic, rngs)
+            return normalized_entropy(out["logits"], out["num_labels"])
+
+        entropy = jax.lax.map(score, (jnp.arange(n), chunks))  # [n, rows / n]: rows i::n
+        entropy = jax.lax.stop_gradient(entropy.swapaxes(0, 1).reshape(-1))
+        index, metrics = sampler.select(entropy, pool)
+        sharding = NamedSharding(mesh, PartitionSpec(part.batch_axes(mesh, rules)))
+        picked = {k: jax.lax.with_sharding_constraint(jnp.take(x, index, axis=0), sharding)
+                  for k, x in pool.items()}
+        return picked, metrics
 
     jitted = jax.jit(
         step,
