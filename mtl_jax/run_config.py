@@ -49,6 +49,7 @@ class TrainConfig:
     batch_size: int = 32  # global effective batch (examples or packed rows) per update
     micro_batches: int = 1
     pack: bool = False
+    # "heterogeneous" | "homogeneous" | "round_robin" (batch k holds task k mod T): docs/data.md.
     batch_mode: str = "heterogeneous"
     # Training batches are built from this many data shards (each global batch is data_shards
     # blocks of batch_size / data_shards rows, block k from shard k). None = the process count.

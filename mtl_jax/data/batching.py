@@ -21,7 +21,9 @@ Design (why it is exact, and why the cached and uncached paths agree by construc
   state: the task of the i-th example of the mixed stream (heterogeneous mode) is drawn from
   ``np.random.default_rng([seed, 1, shard index, i // 4096])``, and the task of the k-th batch
   (homogeneous mode) from ``default_rng([seed, 2, k // 4096])`` (no shard index: every shard
-  picks the same task for batch k, so the GLOBAL batch is homogeneous).
+  picks the same task for batch k, so the GLOBAL batch is homogeneous). Round-robin mode draws
+  nothing: batch k holds task ``k mod T`` of the tasks with a rate > 0, in the mixture's order
+  (again the same on every shard).
 - Packing peeks: an example that does not fit the batch any more stays at the head of its stream
   and is not counted, so the counters always describe exactly what was handed out.
 
@@ -41,7 +43,7 @@ import numpy as np
 
 from mtl_jax.data.converters import FeatureConverter
 
-BATCH_MODES = ("heterogeneous", "homogeneous")
+BATCH_MODES = ("heterogeneous", "homogeneous", "round_robin")
 # 2: the order became ours (windowed permutations of the source order); version-1 states came
 # from tf.data shuffles and cannot be continued exactly.
 STATE_VERSION = 2
@@ -159,7 +161,9 @@ class MixtureBatches:
         ``EncDecConverter`` or ``ClassificationConverter`` (mtl_jax/data/converters.py).
       seed: one integer for everything (orders, task choices). shard: this data shard.
       batch_mode: "heterogeneous" (every example draws its task; batches mix tasks) or
-        "homogeneous" (every batch draws one task, the same on every shard).
+        "homogeneous" (every batch draws one task, the same on every shard) or "round_robin"
+        (batch k holds the (k mod T)-th task of those with a rate > 0, in the order given; the
+        rates only decide which tasks take part).
       shuffle: permute each task's examples (windowed). repeat: loop over each task forever
         (default: only for the "train" split). Without repeat, iteration stops at the first
         exhausted task a draw needs, after a last, partly filled batch.
@@ -207,6 +211,7 @@ class MixtureBatches:
         self.tasks = tasks
         self.rates = (rates_arr / rates_arr.sum()).tolist()
         self._cdf = np.cumsum(self.rates)
+        self._cycle = [i for i, r in enumerate(self.rates) if r > 0]  # round-robin order
         self.split = split
         self.sequence_length = {k: int(v) for k, v in sequence_length.items()}
         self.batch_size = int(batch_size)
@@ -237,6 +242,14 @@ class MixtureBatches:
             self._block = (block, np.minimum(choices, len(self.tasks) - 1))
         return int(self._block[1][offset])
 
+    def _batch_task(self, batch: int) -> int | None:
+        """The one task of batch ``batch`` (None in heterogeneous mode: each example draws)."""
+        if self.batch_mode == "round_robin":
+            return self._cycle[batch % len(self._cycle)]
+        if self.batch_mode == "homogeneous":
+            return self._task_index(batch)
+        return None
+
     def __iter__(self) -> MixtureBatches:
         return self
 
@@ -245,7 +258,7 @@ class MixtureBatches:
             raise StopIteration
         builder = self.converter.builder(self.batch_size, self.sequence_length)
         full_at = None if self.converter.pack else self.batch_size
-        fixed_task = self._task_index(self._batches) if self.batch_mode == "homogeneous" else None
+        fixed_task = self._batch_task(self._batches)
         while full_at is None or builder.num_examples < full_at:
             t = fixed_task if fixed_task is not None else self._task_index(self._position)
             stream = self._streams[t]
