@@ -263,9 +263,10 @@ class MixtureBatches:
             self._scheduled = (batch, np.cumsum(weights))
         return self._scheduled[1]
 
-    def _task_index(self, counter: int, batch: int) -> int:
+    def _task_index(self, counter: int, batch: int | None = None) -> int:
         """Task of mixed-stream example ``counter`` (or of batch ``counter``, homogeneous), drawn
-        with the rates of batch ``batch``."""
+        with the rates of batch ``batch`` (default: the batch being built)."""
+        batch = self._batches if batch is None else batch
         block, offset = divmod(counter, CHOICE_BLOCK)
         if self._block is None or self._block[0] != block:
             if self.batch_mode == "heterogeneous":
@@ -298,8 +299,7 @@ class MixtureBatches:
         full_at = None if self.converter.pack else self.batch_size
         fixed_task = self._batch_task(self._batches)
         while full_at is None or builder.num_examples < full_at:
-            t = fixed_task if fixed_task is not None else self._task_index(self._position,
-                                                                            self._batches)
+            t = fixed_task if fixed_task is not None else self._task_index(self._position)
             stream = self._streams[t]
             ex = stream.peek()
             if ex is None:
