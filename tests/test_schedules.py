@@ -12,13 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.stats
-import seqio
-from test_cache import VOCAB, _same, _toy_fn
+from test_cache import _same, toy_mixture_cache
 
 from mtl_jax import features as F
 from mtl_jax.data.batching import MixtureBatches, Shard
 from mtl_jax.data.cache_reader import open_cache, sharded_cache_iterator
-from mtl_jax.data.cache_writer import write_cache
 from mtl_jax.data.converters import EncDecConverter
 from mtl_jax.data.iterator import sharded_mixture_iterator
 from mtl_jax.data.rates import AnnealedRates, rate_schedule
@@ -68,19 +66,7 @@ def _batch_tasks(batch: dict[str, np.ndarray], pack: bool) -> set[int]:
 @pytest.fixture(scope="module")
 def toy_cache(tmp_path_factory):
     """Three seqio tasks (test_cache's toy data under other names), a mixture and its cache."""
-    features = {"inputs": seqio.Feature(VOCAB, add_eos=False),
-                "targets": seqio.Feature(VOCAB, add_eos=False)}
-    for name, (head, n) in TOY.items():
-        seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(
-            _toy_fn(head, n), splits=["train"], num_input_examples={"train": n}),
-            output_features=features, preprocessors=[])
-    seqio.MixtureRegistry.add(MIX, [(t, 1.0) for t in TOY])
-    root = tmp_path_factory.mktemp("cache") / "toy"
-    write_cache(MIX, root, LENGTHS, splits=("train",))
-    yield root
-    seqio.MixtureRegistry.remove(MIX)
-    for name in TOY:
-        seqio.TaskRegistry.remove(name)
+    yield from toy_mixture_cache(tmp_path_factory, TOY, MIX, [(t, 1.0) for t in TOY])
 
 
 # --- round-robin ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ Design (why it is exact, and why the cached and uncached paths agree by construc
   ``np.random.default_rng([seed, 1, shard index, i // 4096])``, and the task of the k-th batch
   (homogeneous mode) from ``default_rng([seed, 2, k // 4096])`` (no shard index: every shard
   picks the same task for batch k, so the GLOBAL batch is homogeneous). Round-robin mode draws
-  nothing: batch k holds task ``k mod T`` of the tasks with a rate > 0, in the mixture's order
+  nothing: batch k holds task ``k mod T`` of the tasks with a rate > 0, in the sources' order
   (again the same on every shard).
 - A rate schedule (annealed sampling, :class:`mtl_jax.data.rates.AnnealedRates`) changes the
   rates with the batch counter k. The draws stay the same counter-keyed uniforms; batch k maps
