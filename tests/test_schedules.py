@@ -1,6 +1,6 @@
 """Sampling schedules of the data order: round-robin batches and annealed rates (docs/data.md).
 
-Fast tests use in-memory example sources (no TF); one test per mode compares the seqio and the
+Most tests use in-memory example sources; one test per mode compares the seqio and the
 cached paths on two data shards.
 """
 
