@@ -101,6 +101,10 @@ class TrainConfig:
     # Gradient surgery across the tasks of each effective batch: "pcgrad" (Yu et al. 2020) or
     # None. Costs one gradient per task in memory and one backward pass per task present.
     gradient_combiner: str | None = None
+    # XLM-R heads (names, e.g. ('cs224n_sts',)) of two-text regression tasks predicted by a
+    # siamese cosine head: each text encoded alone, 2.5 * (cos(pooled a, pooled b) + 1). Costs a
+    # second encoder pass per batch; no packing. See docs/methods.md (CS224N recipe).
+    siamese_heads: tuple[str, ...] = ()
     # None = the family default: "tokens" for t5 (mean over real target tokens), "examples" for xlmr.
     loss_normalization: Any = None
     mesh_data: int = -1

@@ -294,6 +294,7 @@ class ClassificationObjective(Objective):
         extra = {F.TOKEN_TYPE_IDS: batch[F.TOKEN_TYPE_IDS]} if F.TOKEN_TYPE_IDS in batch else {}
         if embedding_noise is not None:
             extra["embedding_noise"] = embedding_noise
+        extra.update({k: batch[k] for k in F.SIAMESE_FEATURES if k in batch})
         return model(
             batch[F.INPUT_IDS],
             batch[F.ATTENTION_MASK],
