@@ -103,7 +103,7 @@ class TrainConfig:
     gradient_combiner: str | None = None
     # XLM-R heads (names, e.g. ('cs224n_sts',)) of two-text regression tasks predicted by a
     # siamese cosine head: each text encoded alone, 2.5 * (cos(pooled a, pooled b) + 1). Costs a
-    # second encoder pass per batch; no packing. See docs/methods.md (CS224N recipe).
+    # second encoder pass on batches holding such a task; no packing. See docs/methods.md.
     siamese_heads: tuple[str, ...] = ()
     # None = the family default: "tokens" for t5 (mean over real target tokens), "examples" for xlmr.
     loss_normalization: Any = None

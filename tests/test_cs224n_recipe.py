@@ -137,6 +137,13 @@ def test_siamese_prediction_is_the_scaled_cosine_of_the_pooled_vectors():
     _, aux = objective(model, batch)
     want = np.mean((2.5 * (cos[siamese] + 1) - batch[F.REGRESSION_TARGETS][siamese]) ** 2)
     np.testing.assert_allclose(np.asarray(aux["per_task_loss"])[2], want, rtol=1e-5)
+    # A batch without siamese rows skips the second pass (pair_pooled zeros), same outputs.
+    other = task[~siamese]
+    args = (ids[~siamese], mask[~siamese], other)
+    skipped = model(*args, pair_input_ids=pair[~siamese], pair_attention_mask=pair_mask[~siamese])
+    assert not np.asarray(skipped["pair_pooled"]).any()
+    np.testing.assert_array_equal(np.asarray(skipped["regression"]),
+                                  np.asarray(plain(*args)["regression"]))
     with pytest.raises(ValueError, match="pass pair_input_ids"):
         model(ids, mask, task)
 

@@ -430,9 +430,9 @@ class XLMRMultiTask(nnx.Module):
     A siamese task (``task_siamese``, the CS224N/Sentence-BERT similarity head) encodes its two
     texts separately with the shared encoder (``input_ids`` and ``pair_input_ids``) and predicts
     ``heads.siamese_score`` of the two pooled vectors (the tanh pooler over the first token,
-    BERT's ``pooler_output``) instead of its head's output. Every row of a batch goes through the
-    second pass (static shapes); only siamese rows use it, so a run with a siamese task pays a
-    second encoder pass over every batch.
+    BERT's ``pooler_output``) instead of its head's output. A batch that holds a siamese row runs
+    the second pass over all its rows (static shapes; only siamese rows use it); a batch without
+    one skips it (``nnx.cond``), so one-task batches of other tasks cost one pass.
     """
 
     def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
@@ -497,7 +497,8 @@ class XLMRMultiTask(nnx.Module):
         output; meaningful for 1-label tasks), ``is_regression`` ``[batch]`` bool, ``num_labels``
         ``[batch]``, ``hidden`` ``[batch, length, hidden]`` and ``pooled`` (when a pooler exists).
         With siamese tasks, ``pair_input_ids``/``pair_attention_mask`` (the second texts) are
-        required, ``pair_pooled`` is their pooled vector and ``regression`` on siamese rows is
+        required, ``pair_pooled`` is their pooled vector (zeros when no row is siamese) and
+        ``regression`` on siamese rows is
         ``siamese_score(pooled, pair_pooled)`` (both after the head dropout). The embedding noise
         and probes apply to the first pass only.
         A ``task_id`` outside ``[0, T)`` cannot raise inside a jit: its row comes out NaN (JAX's
@@ -531,11 +532,19 @@ class XLMRMultiTask(nnx.Module):
         if pair_input_ids is None or pair_attention_mask is None:
             raise ValueError("XLMRMultiTask has siamese tasks: pass pair_input_ids and "
                              "pair_attention_mask (the converter's siamese_heads features)")
-        _, pair_pooled = self.encoder(pair_input_ids, pair_attention_mask,
-                                      deterministic=deterministic, rngs=rngs)
+        siamese = jnp.take(jnp.asarray(self.config.task_siamese), jnp.asarray(task_id, jnp.int32))
+
+        def second_pass(encoder, rngs):
+            return encoder(pair_input_ids, pair_attention_mask, deterministic=deterministic,
+                           rngs=rngs)[1]
+
+        def skipped(encoder, rngs):
+            return jnp.zeros_like(out["pooled"])
+
+        # A batch without siamese rows (most batches of one-task-per-batch runs) skips the pass.
+        pair_pooled = nnx.cond(jnp.any(siamese), second_pass, skipped, self.encoder, rngs)
         rate = self.config.classifier_dropout_rate
         a, b = (dropout(p.astype(jnp.float32), rate, deterministic=deterministic, rngs=rngs)
                 for p in (out["pooled"], pair_pooled))
-        siamese = jnp.take(jnp.asarray(self.config.task_siamese), jnp.asarray(task_id, jnp.int32))
         return {"pair_pooled": pair_pooled,
                 "regression": jnp.where(siamese, siamese_score(a, b), out["regression"])}
