@@ -23,6 +23,7 @@ from mtl_jax.data import eval_sets, mixtures, tasks
 from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
 from mtl_jax.data.cache_reader import Cache, CacheError, open_cache, sharded_cache_iterator
 from mtl_jax.data.iterator import mixture_members, shard_blocks, sharded_mixture_iterator
+from mtl_jax.data.rates import AnnealedRates, rate_schedule
 from mtl_jax.evaluation.evaluator import Evaluator
 from mtl_jax.evaluation.predictor import Predictor
 from mtl_jax.evaluation.runner import ModelRunner
@@ -410,15 +411,20 @@ class Experiment:
     def train_batches(self) -> Any:
         shards, rows = data_shards(self.cfg, self.batch_sharding)
         if self.cfg.cache_dir:
+            cache = training_cache(self.cfg)
             return sharded_cache_iterator(
-                training_cache(self.cfg), self.cfg.sequence_length, self.cfg.batch_size, rows,
+                cache, self.cfg.sequence_length, self.cfg.batch_size, rows,
                 shards, converter(self.cfg, self.layout, self.vocab), self.cfg.seed,
                 batch_mode=self.cfg.batch_mode,
+                rate_schedule=training_rate_schedule(
+                    self.cfg, [t for t, _ in cache.members(mixtures.TRAIN_SPLIT)]),
             )
         return sharded_mixture_iterator(
             self.cfg.mixture, self.cfg.sequence_length, self.cfg.batch_size, rows, shards,
             converter(self.cfg, self.layout, self.vocab), self.cfg.seed,
             batch_mode=self.cfg.batch_mode,
+            rate_schedule=training_rate_schedule(
+                self.cfg, [t for t, _ in mixture_members(self.cfg.mixture, mixtures.TRAIN_SPLIT)]),
         )
 
     def to_global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -557,6 +563,18 @@ def training_cache(cfg: TrainConfig) -> Cache:
         raise ConfigError(f"TrainConfig.cache_dir: {e}") from e
 
 
+def training_rate_schedule(cfg: TrainConfig, tasks: Sequence[str]) -> AnnealedRates | None:
+    """``TrainConfig.rate_schedule`` over ``tasks`` (in the iterator's order), sized by their
+    training examples, over ``num_steps`` batches; None when unset."""
+    if cfg.rate_schedule is None:
+        return None
+    sizes = [mixtures.num_examples(t, mixtures.TRAIN_SPLIT) for t in tasks]
+    try:
+        return rate_schedule(cfg.rate_schedule, sizes, cfg.num_steps)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"TrainConfig.rate_schedule={cfg.rate_schedule!r}: {e}") from e
+
+
 def data_shards(cfg: TrainConfig, batch_sharding: Any) -> tuple[int, tuple[int, int]]:
     """(number of data shards, this process's rows of a global batch), checked."""
     shards = cfg.data_shards or jax.process_count()
@@ -608,6 +626,9 @@ def build(cfg: TrainConfig, training: bool = True) -> Experiment:
     data_shards(cfg, batch_sharding)  # fail before anything of the run is written
     if training and cfg.cache_dir:
         training_cache(cfg)
+    if training:
+        training_rate_schedule(
+            cfg, [t for t, _ in mixture_members(cfg.mixture, mixtures.TRAIN_SPLIT)])
     return Experiment(cfg, layout, vocab, config, mesh, rules, optimizer, graphdef, abstract,
                       shardings, batch_sharding)
 

@@ -49,7 +49,12 @@ class TrainConfig:
     batch_size: int = 32  # global effective batch (examples or packed rows) per update
     micro_batches: int = 1
     pack: bool = False
+    # "heterogeneous" | "homogeneous" | "round_robin" (batch k holds task k mod T): docs/data.md.
     batch_mode: str = "heterogeneous"
+    # Rates that change during training, in place of the mixture's: {"name": "annealed",
+    # "alpha_start": 1.0, "alpha_end": 0.5} samples task t ∝ n_t^α, α linear in the step over
+    # num_steps (Stickland & Murray 2019; docs/data.md). None = the mixture's fixed rates.
+    rate_schedule: dict[str, Any] | None = None
     # Training batches are built from this many data shards (each global batch is data_shards
     # blocks of batch_size / data_shards rows, block k from shard k). None = the process count.
     # Fix it (a multiple of every process count you will use) to make runs on different numbers
@@ -137,6 +142,9 @@ class TrainConfig:
         if self.max_consecutive_skips < 1:
             raise ValueError(
                 f"TrainConfig.max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
+        if self.rate_schedule is not None and self.batch_mode == "round_robin":
+            raise ValueError("TrainConfig.rate_schedule is set but TrainConfig.batch_mode="
+                             "'round_robin' follows a fixed cycle of tasks: use one or the other")
         if self.batch_size % self.micro_batches:
             raise ValueError(
                 f"TrainConfig.batch_size={self.batch_size} is not divisible by "

@@ -21,7 +21,13 @@ Design (why it is exact, and why the cached and uncached paths agree by construc
   state: the task of the i-th example of the mixed stream (heterogeneous mode) is drawn from
   ``np.random.default_rng([seed, 1, shard index, i // 4096])``, and the task of the k-th batch
   (homogeneous mode) from ``default_rng([seed, 2, k // 4096])`` (no shard index: every shard
-  picks the same task for batch k, so the GLOBAL batch is homogeneous).
+  picks the same task for batch k, so the GLOBAL batch is homogeneous). Round-robin mode draws
+  nothing: batch k holds task ``k mod T`` of the tasks with a rate > 0, in the mixture's order
+  (again the same on every shard).
+- A rate schedule (annealed sampling, :class:`mtl_jax.data.rates.AnnealedRates`) changes the
+  rates with the batch counter k. The draws stay the same counter-keyed uniforms; batch k maps
+  them through the cumulative rates of batch k (every example of batch k in heterogeneous mode,
+  the batch's one draw in homogeneous mode). Still a pure function of the counters.
 - Packing peeks: an example that does not fit the batch any more stays at the head of its stream
   and is not counted, so the counters always describe exactly what was handed out.
 
@@ -40,8 +46,9 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from mtl_jax.data.converters import FeatureConverter
+from mtl_jax.data.rates import AnnealedRates
 
-BATCH_MODES = ("heterogeneous", "homogeneous")
+BATCH_MODES = ("heterogeneous", "homogeneous", "round_robin")
 # 2: the order became ours (windowed permutations of the source order); version-1 states came
 # from tf.data shuffles and cannot be continued exactly.
 STATE_VERSION = 2
@@ -159,11 +166,16 @@ class MixtureBatches:
         ``EncDecConverter`` or ``ClassificationConverter`` (mtl_jax/data/converters.py).
       seed: one integer for everything (orders, task choices). shard: this data shard.
       batch_mode: "heterogeneous" (every example draws its task; batches mix tasks) or
-        "homogeneous" (every batch draws one task, the same on every shard).
+        "homogeneous" (every batch draws one task, the same on every shard) or "round_robin"
+        (batch k holds the (k mod T)-th task of those with a rate > 0, in the order given; the
+        rates only decide which tasks take part).
       shuffle: permute each task's examples (windowed). repeat: loop over each task forever
         (default: only for the "train" split). Without repeat, iteration stops at the first
         exhausted task a draw needs, after a last, partly filled batch.
       shuffle_window: examples permuted together.
+      rate_schedule: rates that change with the batch counter (annealed sampling), in place of
+        ``rates`` for the tasks whose rate is > 0 (a task at rate 0 stays out); its sizes are in
+        the order of ``sources``. Not with "round_robin".
     """
 
     def __init__(
@@ -180,6 +192,7 @@ class MixtureBatches:
         shuffle: bool = True,
         repeat: bool | None = None,
         shuffle_window: int = SHUFFLE_WINDOW,
+        rate_schedule: AnnealedRates | None = None,
     ):
         tasks = [s.name for s in sources]
         if not tasks:
@@ -196,6 +209,13 @@ class MixtureBatches:
             )
         if batch_mode not in BATCH_MODES:
             raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got '{batch_mode}'")
+        if rate_schedule is not None:
+            if batch_mode == "round_robin":
+                raise ValueError("round-robin batches follow a fixed cycle: they take no rate "
+                                 "schedule")
+            if len(rate_schedule.sizes) != len(tasks):
+                raise ValueError(f"{len(tasks)} tasks but the rate schedule has "
+                                 f"{len(rate_schedule.sizes)} sizes")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         shard = shard if shard is not None else Shard(0, 1)
@@ -207,6 +227,15 @@ class MixtureBatches:
         self.tasks = tasks
         self.rates = (rates_arr / rates_arr.sum()).tolist()
         self._cdf = np.cumsum(self.rates)
+        self._cycle = [i for i, r in enumerate(self.rates) if r > 0]  # round-robin order
+        self.rate_schedule = rate_schedule
+        self._scheduled: tuple[int, np.ndarray] | None = None  # (batch, its cumulative rates)
+        if rate_schedule is not None:
+            for step in (0, rate_schedule.num_steps - 1):
+                if self._rates_cdf(step)[-1] <= 0:
+                    raise ValueError(
+                        f"the rate schedule gives every task with a rate > 0 rate 0 at batch "
+                        f"{step} (sizes {dict(zip(tasks, rate_schedule.sizes, strict=True))})")
         self.split = split
         self.sequence_length = {k: int(v) for k, v in sequence_length.items()}
         self.batch_size = int(batch_size)
@@ -222,20 +251,42 @@ class MixtureBatches:
         self._batches = 0  # batches handed out
         self._position = 0  # examples handed out from the mixed stream (heterogeneous mode)
         self._done = False
-        self._block: tuple[int, np.ndarray] | None = None
+        self._block: tuple[int, np.ndarray] | None = None  # (block, its uniform draws)
+        self._choices: tuple[np.ndarray, np.ndarray] | None = None  # (cdf, the block's tasks)
 
-    def _task_index(self, counter: int) -> int:
-        """Task of mixed-stream example ``counter`` (or of batch ``counter``, homogeneous)."""
+    def _rates_cdf(self, batch: int) -> np.ndarray:
+        """Cumulative (unnormalised) rates of batch ``batch``."""
+        if self.rate_schedule is None:
+            return self._cdf
+        if self._scheduled is None or self._scheduled[0] != batch:
+            weights = np.asarray(self.rate_schedule.rates(batch)) * (np.asarray(self.rates) > 0)
+            self._scheduled = (batch, np.cumsum(weights))
+        return self._scheduled[1]
+
+    def _task_index(self, counter: int, batch: int) -> int:
+        """Task of mixed-stream example ``counter`` (or of batch ``counter``, homogeneous), drawn
+        with the rates of batch ``batch``."""
         block, offset = divmod(counter, CHOICE_BLOCK)
         if self._block is None or self._block[0] != block:
             if self.batch_mode == "heterogeneous":
                 key = [self.seed, _HETEROGENEOUS_STREAM, self.shard_info.index, block]
             else:
                 key = [self.seed, _HOMOGENEOUS_STREAM, block]
-            u = np.random.default_rng(key).random(CHOICE_BLOCK)
-            choices = np.searchsorted(self._cdf, u * self._cdf[-1], side="right")
-            self._block = (block, np.minimum(choices, len(self.tasks) - 1))
-        return int(self._block[1][offset])
+            self._block = (block, np.random.default_rng(key).random(CHOICE_BLOCK))
+            self._choices = None
+        cdf = self._rates_cdf(batch)
+        if self._choices is None or self._choices[0] is not cdf:
+            choices = np.searchsorted(cdf, self._block[1] * cdf[-1], side="right")
+            self._choices = (cdf, np.minimum(choices, len(self.tasks) - 1))
+        return int(self._choices[1][offset])
+
+    def _batch_task(self, batch: int) -> int | None:
+        """The one task of batch ``batch`` (None in heterogeneous mode: each example draws)."""
+        if self.batch_mode == "round_robin":
+            return self._cycle[batch % len(self._cycle)]
+        if self.batch_mode == "homogeneous":
+            return self._task_index(batch, batch)
+        return None
 
     def __iter__(self) -> MixtureBatches:
         return self
@@ -245,9 +296,10 @@ class MixtureBatches:
             raise StopIteration
         builder = self.converter.builder(self.batch_size, self.sequence_length)
         full_at = None if self.converter.pack else self.batch_size
-        fixed_task = self._task_index(self._batches) if self.batch_mode == "homogeneous" else None
+        fixed_task = self._batch_task(self._batches)
         while full_at is None or builder.num_examples < full_at:
-            t = fixed_task if fixed_task is not None else self._task_index(self._position)
+            t = fixed_task if fixed_task is not None else self._task_index(self._position,
+                                                                            self._batches)
             stream = self._streams[t]
             ex = stream.peek()
             if ex is None:
@@ -276,6 +328,8 @@ class MixtureBatches:
             "shard": [self.shard_info.index, self.shard_info.num_shards],
             "shuffle_window": self.shuffle_window,
             "converter": self.converter.describe(),
+            "rate_schedule": (None if self.rate_schedule is None
+                              else self.rate_schedule.describe()),
         }
 
     def get_state(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from mtl_jax.data.batching import (
     sharded_batches,
 )
 from mtl_jax.data.converters import FeatureConverter
+from mtl_jax.data.rates import AnnealedRates
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ def cached_mixture_batches(
     shuffle: bool = True,
     repeat: bool | None = None,
     shuffle_window: int = SHUFFLE_WINDOW,
+    rate_schedule: AnnealedRates | None = None,
 ) -> MixtureBatches:
     """The cached counterpart of :func:`mtl_jax.data.iterator.mixture_iterator`."""
     shard = shard or Shard(0, 1)
@@ -251,6 +253,7 @@ def cached_mixture_batches(
         [CachedSource(cache.task(t, split), shard) for t, _ in members], [r for _, r in members],
         split, sequence_length, batch_size, converter, seed, shard=shard, batch_mode=batch_mode,
         shuffle=shuffle, repeat=repeat, shuffle_window=shuffle_window,
+        rate_schedule=rate_schedule,
     )
 
 
@@ -263,10 +266,11 @@ def sharded_cache_iterator(
     converter: FeatureConverter,
     seed: int,
     batch_mode: str = "heterogeneous",
+    rate_schedule: AnnealedRates | None = None,
 ) -> ShardedBatches:
     """The cached counterpart of :func:`mtl_jax.data.iterator.sharded_mixture_iterator`."""
     return sharded_batches(
         lambda shard, rows_per_shard: cached_mixture_batches(
             cache, "train", sequence_length, rows_per_shard, converter, seed, shard=shard,
-            batch_mode=batch_mode),
+            batch_mode=batch_mode, rate_schedule=rate_schedule),
         batch_size, rows, num_shards)

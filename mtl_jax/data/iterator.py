@@ -33,6 +33,7 @@ from mtl_jax.data.batching import (  # noqa: F401  (re-exported: the trainer's n
     task_seed,
 )
 from mtl_jax.data.converters import FeatureConverter
+from mtl_jax.data.rates import AnnealedRates
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class BatchIterator(MixtureBatches):
         shuffle: bool = True,
         repeat: bool | None = None,
         shuffle_window: int = SHUFFLE_WINDOW,
+        rate_schedule: AnnealedRates | None = None,
     ):
         shard = Shard(0, 1) if shard_info is None else Shard(shard_info.index,
                                                              shard_info.num_shards)
@@ -160,6 +162,7 @@ class BatchIterator(MixtureBatches):
             [SeqioSource(str(t), split, sequence_length, int(seed), shard) for t in tasks], rates,
             split, sequence_length, batch_size, converter, seed, shard=shard,
             batch_mode=batch_mode, shuffle=shuffle, repeat=repeat, shuffle_window=shuffle_window,
+            rate_schedule=rate_schedule,
         )
 
 
@@ -196,6 +199,7 @@ def mixture_iterator(
     shuffle: bool = True,
     repeat: bool | None = None,
     shuffle_window: int = SHUFFLE_WINDOW,
+    rate_schedule: AnnealedRates | None = None,
 ) -> BatchIterator:
     """A :class:`BatchIterator` over a registered seqio Mixture's tasks and rates (or one Task).
 
@@ -215,6 +219,7 @@ def mixture_iterator(
         shuffle=shuffle,
         repeat=repeat,
         shuffle_window=shuffle_window,
+        rate_schedule=rate_schedule,
     )
 
 
@@ -227,11 +232,12 @@ def sharded_mixture_iterator(
     converter: FeatureConverter,
     seed: int,
     batch_mode: str = "heterogeneous",
+    rate_schedule: AnnealedRates | None = None,
 ) -> ShardedBatches:
     """The training batches of a mixture: rows ``[start, stop)`` of each global batch of
     ``batch_size``, built from data shards of ``batch_size / num_shards`` rows each."""
     return sharded_batches(
         lambda shard, rows_per_shard: mixture_iterator(
             mixture_name, "train", sequence_length, rows_per_shard, converter, seed,
-            shard_info=shard, batch_mode=batch_mode),
+            shard_info=shard, batch_mode=batch_mode, rate_schedule=rate_schedule),
         batch_size, rows, num_shards)

@@ -14,12 +14,21 @@ rules can be used and tested without TensorFlow; ``mixtures.py`` applies them to
   task more than ``max_epochs`` passes over its data; what a small task cannot use is shared by
   the larger ones.
 - ``explicit(sizes, weights)``: user-given weights, normalised.
+
+Rates may also change during training (a *rate schedule*, a function of the batch counter):
+- ``AnnealedRates``: annealed sampling (Stickland & Murray 2019, "BERT and PALs"; MT-DNN):
+  r_i ∝ n_i^α with α linear in the batch counter from ``alpha_start`` (batch 0) to ``alpha_end``
+  (the last batch, ``num_steps - 1``) and ``alpha_end`` after. The paper anneals per epoch,
+  α = 1 - 0.8 (e - 1) / (E - 1), i.e. 1 -> 0.2; the default here is 1 -> 0.5 (examples-
+  proportional to square-root sampling), step by step so that every batch has its own rates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -126,3 +135,60 @@ def compute_rates(rule: str, sizes: Sequence[float], **kwargs) -> list[float]:
         return RATE_FUNCTIONS[rule](sizes, **kwargs)
     except TypeError as e:
         raise TypeError(f"rate rule {rule!r}: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnealedRates:
+    """Annealed sampling (see the module docstring): the rates of batch k are ∝ n_i^α(k).
+
+    ``sizes`` are the tasks' training example counts, in the iterator's task order;
+    ``num_steps`` the run's length in batches (one batch per update).
+    """
+
+    sizes: tuple[float, ...]
+    num_steps: int
+    alpha_start: float = 1.0
+    alpha_end: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", tuple(float(n) for n in _check_sizes(self.sizes)))
+        if self.num_steps < 1:
+            raise ValueError(f"annealed: num_steps must be >= 1, got {self.num_steps}")
+        for name in ("alpha_start", "alpha_end"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"annealed: {name} must be finite and >= 0, got {value}")
+        _normalise(np.asarray(self.sizes), "annealed")  # some task must have examples
+
+    def alpha(self, step: int) -> float:
+        """α of batch ``step``: linear from alpha_start (0) to alpha_end (num_steps - 1)."""
+        frac = min(step / (self.num_steps - 1), 1.0) if self.num_steps > 1 else 1.0
+        return self.alpha_start + (self.alpha_end - self.alpha_start) * frac
+
+    def rates(self, step: int) -> list[float]:
+        """Normalised rates of batch ``step``: n^α is temperature scaling with T = 1/α
+        (α = 0: every non-empty task alike)."""
+        a = self.alpha(step)
+        return temperature(self.sizes, math.inf if a == 0 else 1.0 / a)
+
+    def describe(self) -> dict[str, Any]:
+        """What an iterator state records (a restore under another schedule is refused)."""
+        return {"name": "annealed", **dataclasses.asdict(self), "sizes": list(self.sizes)}
+
+
+RATE_SCHEDULES: dict[str, type[AnnealedRates]] = {"annealed": AnnealedRates}
+
+
+def rate_schedule(spec: Mapping[str, Any], sizes: Sequence[float],
+                  num_steps: int) -> AnnealedRates:
+    """The schedule ``spec`` names (``{"name": "annealed", "alpha_start": 1.0, ...}``) over tasks
+    of ``sizes`` for a run of ``num_steps`` batches."""
+    kwargs = dict(spec)
+    name = kwargs.pop("name", None)
+    if name not in RATE_SCHEDULES:
+        raise ValueError(
+            f"unknown rate schedule {name!r}; expected one of {sorted(RATE_SCHEDULES)}")
+    try:
+        return RATE_SCHEDULES[name](tuple(sizes), int(num_steps), **kwargs)
+    except TypeError as e:
+        raise TypeError(f"rate schedule {name!r}: {e}") from e
