@@ -38,6 +38,7 @@ from mtl_jax.training.objectives import (
     EncoderDecoderObjective,
     R3FObjective,
 )
+from mtl_jax.training.smart import SMARTObjective
 from mtl_jax.training.step import make_train_step
 from mtl_jax.training.train_state import (
     TrainState,
@@ -290,7 +291,7 @@ def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Seq
 
 
 def objective(cfg: TrainConfig, layout: TaskLayout, vocab_size: int | None = None) -> Any:
-    """The family's objective, with Muppet loss scaling and wrapped in R3F when configured;
+    """The family's objective, with Muppet loss scaling and wrapped in R3F or SMART when configured;
     ``vocab_size`` is the model's (unpadded) vocabulary, what text-to-text scaling divides by."""
     try:
         if get_family(cfg.family).encoder_decoder:
@@ -306,6 +307,16 @@ def objective(cfg: TrainConfig, layout: TaskLayout, vocab_size: int | None = Non
             )
     except ValueError as e:
         raise ConfigError(f"TrainConfig.loss_scaling={cfg.loss_scaling!r}: {e}") from e
+    if cfg.r3f and cfg.smart:
+        raise ConfigError("TrainConfig.r3f and TrainConfig.smart are both set: choose one")
+    if cfg.smart:
+        try:
+            return SMARTObjective(base, **cfg.smart)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"TrainConfig.smart={cfg.smart!r}: {e} (keys: sigma, step_size, steps, alpha, "
+                "normalize='perturbation'|'gradient', radius)"
+            ) from e
     if not cfg.r3f:
         return base
     try:

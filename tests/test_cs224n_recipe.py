@@ -182,8 +182,9 @@ def _train_records(run) -> list[dict]:
 
 
 def test_recipe_runs_end_to_end_on_the_bundled_samples(tmp_path):
-    """``cs224n_mtl.gin`` + ``cs224n_smoke.gin``: 6 steps of one-task batches, then the table
-    with SST accuracy, Quora accuracy and F1, STS Pearson and Spearman."""
+    """``cs224n_mtl.gin`` + ``cs224n_smoke.gin``: 6 round-robin steps (one task per batch, the
+    tasks in turn), then the table with SST accuracy, Quora accuracy and F1, STS Pearson and
+    Spearman."""
     run = tmp_path / "run"
     report = _train(run)
     assert sorted(report["tasks"]) == sorted(HEADS)
@@ -198,15 +199,24 @@ def test_recipe_runs_end_to_end_on_the_bundled_samples(tmp_path):
         assert f"| {task} | {metric} | {100 * metrics[task][metric]:.1f} |" in table
     steps = _train_records(run)
     assert len(steps) == 6
-    for record in steps:  # homogeneous batches: one task's loss per step
-        assert len([k for k in record if k.startswith("loss/")]) == 1, record
+    trained = [[k[len("loss/"):] for k in r if k.startswith("loss/")] for r in steps]
+    assert all(len(t) == 1 for t in trained), trained  # one task per batch
+    cycle = [t for (t,) in trained[:3]]
+    assert sorted(cycle) == sorted(HEADS) and [t for (t,) in trained] == cycle * 2  # in turn
 
 
 @pytest.mark.slow
-def test_recipe_runs_with_pcgrad(tmp_path):
-    """The PCGrad switch over heterogeneous batches (so a batch holds several tasks)."""
-    run = tmp_path / "pcgrad"
-    report = _train(run, "TrainConfig.batch_mode='heterogeneous'",
-                    "TrainConfig.gradient_combiner='pcgrad'")
+def test_recipe_runs_with_smart_and_pcgrad(tmp_path):
+    """Both switches as the docs give them: methods/smart.gin and methods/pcgrad.gin over
+    heterogeneous batches (so a batch holds several tasks, STS rows among them)."""
+    run = tmp_path / "smart_pcgrad"
+    args = [*SMOKE, "--gin_file=methods/smart.gin", "--gin_file=methods/pcgrad.gin",
+            f"--gin_param=TrainConfig.model_dir={run}",
+            "--gin_param=TrainConfig.batch_mode='heterogeneous'"]
+    assert train_cli.main(args) == 0
+    report = json.loads((run / "results.json").read_text())
     assert set(report["metrics"]["cs224n_sts"]["en"]) == {"pearson", "spearman"}
-    assert any(len([k for k in r if k.startswith("loss/")]) > 1 for r in _train_records(run))
+    steps = _train_records(run)
+    assert any(len([k for k in r if k.startswith("loss/")]) > 1 for r in steps)
+    smart = [r[k] for r in steps for k in r if k.startswith("smart")]
+    assert smart and all(math.isfinite(v) and v >= 0 for v in smart) and max(smart) > 0

@@ -361,13 +361,15 @@ class XLMREmbeddings(nnx.Module):
         deterministic: bool,
         rngs: nnx.Rngs | None,
         embedding_noise: jax.Array | None = None,
+        embedding_output_noise: jax.Array | None = None,
     ) -> jax.Array:
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = add_embedding_noise(self.word_embeddings(input_ids), embedding_noise)
         x = x + self.position_embeddings(self.position_ids(attention_mask))
         x = x + self.token_type_embeddings(token_type_ids)
-        return dropout(self.layer_norm(x), self.dropout_rate, deterministic=deterministic, rngs=rngs)
+        x = dropout(self.layer_norm(x), self.dropout_rate, deterministic=deterministic, rngs=rngs)
+        return add_embedding_noise(x, embedding_output_noise)
 
 
 class XLMREncoder(nnx.Module):
@@ -395,12 +397,14 @@ class XLMREncoder(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         embedding_noise: jax.Array | None = None,
+        embedding_output_noise: jax.Array | None = None,
         probes: Mapping[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """``(hidden [batch, length, hidden], pooled [batch, hidden] or None)`` in the compute dtype.
 
         ``embedding_noise`` ``[batch, length, hidden]`` is added to the word-embedding lookup,
-        before position/type embeddings, layer norm and dropout (R3F, SMART). ``probes``: zero
+        before position/type embeddings, layer norm and dropout (R3F); ``embedding_output_noise``
+        (same shape) to the embeddings' output, after layer norm and dropout (SMART). ``probes``: zero
         perturbations ``layers/{i}/attention`` and ``layers/{i}/output`` (see
         ``XLMRMultiTask.probe_shapes``) whose gradients are those of the activations."""
         if input_ids.shape[-1] > self.config.max_position_length:
@@ -411,7 +415,8 @@ class XLMREncoder(nnx.Module):
             )
         mask = padding_mask(attention_mask)
         x = self.embeddings(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-                            rngs=rngs, embedding_noise=embedding_noise)
+                            rngs=rngs, embedding_noise=embedding_noise,
+                            embedding_output_noise=embedding_output_noise)
         probes = probes or {}
         per_layer = [
             {k: probes[f"layers/{i}/{k}"] for k in ("attention", "output") if f"layers/{i}/{k}" in probes}
@@ -483,6 +488,7 @@ class XLMRMultiTask(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         embedding_noise: jax.Array | None = None,
+        embedding_output_noise: jax.Array | None = None,
         probes: Mapping[str, jax.Array] | None = None,
         pair_input_ids: jax.Array | None = None,
         pair_attention_mask: jax.Array | None = None,
@@ -510,7 +516,8 @@ class XLMRMultiTask(nnx.Module):
         cls_probe = probes.pop("cls", None)
         hidden, pooled = self.encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs,
-            embedding_noise=embedding_noise, probes=probes,
+            embedding_noise=embedding_noise, embedding_output_noise=embedding_output_noise,
+            probes=probes,
         )
         out: dict[str, jax.Array] = {"hidden": hidden}
         if pooled is not None:
