@@ -437,7 +437,7 @@ class XLMRMultiTask(nnx.Module):
     ``heads.siamese_score`` of the two pooled vectors (the tanh pooler over the first token,
     BERT's ``pooler_output``) instead of its head's output. A batch that holds a siamese row runs
     the second pass over all its rows (static shapes; only siamese rows use it); a batch without
-    one skips it (``nnx.cond``), so one-task batches of other tasks cost one pass.
+    one skips it (``jax.lax.cond``), so one-task batches of other tasks cost one pass.
     """
 
     def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
@@ -541,15 +541,23 @@ class XLMRMultiTask(nnx.Module):
                              "pair_attention_mask (the converter's siamese_heads features)")
         siamese = jnp.take(jnp.asarray(self.config.task_siamese), jnp.asarray(task_id, jnp.int32))
 
-        def second_pass(encoder, rngs):
-            return encoder(pair_input_ids, pair_attention_mask, deterministic=deterministic,
-                           rngs=rngs)[1]
+        # A batch without siamese rows (most batches of one-task-per-batch runs) skips the pass.
+        # A plain lax.cond over the encoder's state (read, never written) and a dropout key drawn
+        # here: unlike nnx.cond it writes nothing back, so it also runs inside the inner
+        # transforms of the objectives (SMART's ascent, PCGrad's per-task VJPs).
+        graphdef, state = nnx.split(self.encoder)
+        stream = None if deterministic or rngs is None else getattr(rngs, "dropout", None)
+        key = jax.random.key(0) if stream is None else stream()
 
-        def skipped(encoder, rngs):
+        def second_pass(state: Any, key: jax.Array) -> jax.Array:
+            inner = None if stream is None else nnx.Rngs(dropout=key)
+            return nnx.merge(graphdef, state)(pair_input_ids, pair_attention_mask,
+                                              deterministic=deterministic, rngs=inner)[1]
+
+        def skipped(state: Any, key: jax.Array) -> jax.Array:
             return jnp.zeros_like(out["pooled"])
 
-        # A batch without siamese rows (most batches of one-task-per-batch runs) skips the pass.
-        pair_pooled = nnx.cond(jnp.any(siamese), second_pass, skipped, self.encoder, rngs)
+        pair_pooled = jax.lax.cond(jnp.any(siamese), second_pass, skipped, state, key)
         rate = self.config.classifier_dropout_rate
         a, b = (dropout(p.astype(jnp.float32), rate, deterministic=deterministic, rngs=rngs)
                 for p in (out["pooled"], pair_pooled))
