@@ -155,6 +155,19 @@ def test_siamese_needs_a_one_label_task_and_the_pooler():
         dataclasses.replace(_tiny((False, False, True)), add_pooling_layer=False)
 
 
+def test_recipe_resolves_to_the_course_settings():
+    """cs224n_mtl.gin binds what docs/methods.md says it does (the starter code's numbers)."""
+    from mtl_jax import configurables, gin_config
+
+    gin_config.parse(["cs224n_mtl.gin"])
+    cfg = configurables.train_config()
+    assert (cfg.family, cfg.mixture, cfg.batch_mode) == ("xlmr", "cs224n_cls", "round_robin")
+    assert cfg.siamese_heads == SIAMESE and cfg.require_pretrained
+    assert (cfg.batch_size, cfg.num_epochs, cfg.model_config.classifier_dropout) == (8, 10, 0.3)
+    assert cfg.optimizer == {"name": "adamw", "learning_rate": 1e-5, "schedule": "constant",
+                             "weight_decay": 0.0}
+
+
 @pytest.mark.parametrize("param, message", [
     ("TrainConfig.siamese_heads=('cs224n_quora',)", "not regression tasks"),
     ("TrainConfig.siamese_heads=('glue_stsb',)", "not heads of mixture"),
