@@ -20,10 +20,10 @@ import numpy as np
 from flax import nnx
 
 from mtl_jax.data import eval_sets, mixtures, tasks
-from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
 from mtl_jax.data.cache_reader import Cache, CacheError, open_cache, sharded_cache_iterator
+from mtl_jax.data.converters import ClassificationConverter, EncDecConverter
 from mtl_jax.data.iterator import mixture_members, shard_blocks, sharded_mixture_iterator
-from mtl_jax.data.rates import AnnealedRates, rate_schedule
+from mtl_jax.data.rates import AnnealedRates
 from mtl_jax.evaluation.evaluator import Evaluator
 from mtl_jax.evaluation.predictor import Predictor
 from mtl_jax.evaluation.runner import ModelRunner
@@ -579,9 +579,8 @@ def training_rate_schedule(cfg: TrainConfig, tasks: Sequence[str]) -> AnnealedRa
     training examples, over ``num_steps`` batches; None when unset."""
     if cfg.rate_schedule is None:
         return None
-    sizes = [mixtures.num_examples(t, mixtures.TRAIN_SPLIT) for t in tasks]
     try:
-        return rate_schedule(cfg.rate_schedule, sizes, cfg.num_steps)
+        return mixtures.rate_schedule(cfg.rate_schedule, tasks, cfg.num_steps)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"TrainConfig.rate_schedule={cfg.rate_schedule!r}: {e}") from e
 

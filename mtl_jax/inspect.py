@@ -215,8 +215,11 @@ def describe(
     n: int = 3,
     sequence_length: Mapping[str, int] | None = None,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
+    rate_schedule: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything ``inspect NAME`` prints, as a JSON-serialisable dict."""
+    """Everything ``inspect NAME`` prints, as a JSON-serialisable dict; with ``rate_schedule``
+    (``TrainConfig.rate_schedule``) a mixture's report adds its rates at the start, middle and end
+    of training."""
     mixtures, sources, tasks = _data()
     known_tasks = {i.name for i in tasks.all_task_infos()}
     if name in mixtures.mixture_names():
@@ -224,6 +227,8 @@ def describe(
         members = list(zip(mix.tasks, mix.rates, strict=True))
         report: dict[str, Any] = mixture_row(name, mixtures, sources, tasks)
         report["rates"] = dict(members)
+        if rate_schedule is not None:
+            report["schedule"] = scheduled_rates(mixtures, members, rate_schedule)
         default_split = "train"
     elif name in known_tasks:
         info = tasks.task_info(name)
@@ -263,6 +268,23 @@ def describe(
     return report
 
 
+SCHEDULE_POINTS = ("start", "middle", "end")
+
+
+def scheduled_rates(mixtures: Any, members: Sequence[tuple[str, float]],
+                    spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The schedule's α and rates at the start, middle and end of training, over the members with
+    a rate > 0 (those the training iterator mixes)."""
+    tasks = [t for t, r in members if r > 0]
+    # Three batches: 0, 1 and 2 are the start, the middle and the end of a 3-batch run.
+    sched = mixtures.rate_schedule(spec, tasks, num_steps=len(SCHEDULE_POINTS))
+    steps = range(len(SCHEDULE_POINTS))
+    by_step = [dict(zip(tasks, sched.rates(k), strict=True)) for k in steps]
+    return {"spec": dict(spec), "points": list(SCHEDULE_POINTS),
+            "alpha": [sched.alpha(k) for k in steps],
+            "rates": {t: [r.get(t, 0.0) for r in by_step] for t, _ in members}}
+
+
 def print_report(report: Mapping[str, Any], out) -> None:
     kind = report["kind"]
     print(f"{kind} {report['name']}  ({report['format']})", file=out)
@@ -277,6 +299,14 @@ def print_report(report: Mapping[str, Any], out) -> None:
         rows.append([m["task"], f"{m['rate']:.4f}", *counts])
     print("\nmember tasks, normalised rates and examples per split:", file=out)
     print(_table(rows, ["task", "rate", *splits]), file=out)
+    if "schedule" in report:
+        sched = report["schedule"]
+        alphas = ", ".join(f"{p} {a:g}" for p, a in zip(sched["points"], sched["alpha"],
+                                                          strict=True))
+        print(f"\nrate schedule {sched['spec']} (α: {alphas}), in place of the rates above:",
+              file=out)
+        rows = [[t, *(f"{r:.4f}" for r in rs)] for t, rs in sched["rates"].items()]
+        print(_table(rows, ["task", *sched["points"]]), file=out)
 
     seq = ",".join(f"{k}={v}" for k, v in report["sequence_length"].items())
     print(
@@ -345,12 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def apply_declarations(args: argparse.Namespace) -> dict[str, str]:
+def apply_declarations(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any] | None]:
     """Register the datasets/mixtures named by --dataset_module / --gin_file; the gin run's
-    ``TrainConfig.sources`` (to be set after registration)."""
+    ``TrainConfig.sources`` (to be set after registration) and ``rate_schedule``."""
     from mtl_jax.data import declarations
 
     modules, datasets, mixtures_, run_sources = list(args.dataset_module), [], [], {}
+    schedule = None
     if args.gin_file:
         from mtl_jax import configurables, gin_config
 
@@ -358,8 +389,9 @@ def apply_declarations(args: argparse.Namespace) -> dict[str, str]:
         cfg = configurables.train_config()
         modules += list(cfg.dataset_modules)
         datasets, mixtures_, run_sources = list(cfg.datasets), list(cfg.mixtures), cfg.sources
+        schedule = cfg.rate_schedule
     declarations.apply(modules, datasets, mixtures_)
-    return dict(run_sources)
+    return dict(run_sources), schedule
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -375,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     _, sources, _ = _data()
     try:
-        run_sources = apply_declarations(args)
+        run_sources, schedule = apply_declarations(args)
         for dataset, spec in run_sources.items():
             sources.set_source(dataset, spec)
     except (ValueError, KeyError) as e:
@@ -397,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_list(rows, sys.stdout)
         return 0
     try:
-        report = describe(args.name, args.split, args.n, seq_len, args.max_examples)
+        report = describe(args.name, args.split, args.n, seq_len, args.max_examples, schedule)
     except KeyError as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

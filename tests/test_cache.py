@@ -59,23 +59,29 @@ def _toy_fn(head: str, n: int):
     return dataset_fn
 
 
-@pytest.fixture(scope="module")
-def toy_cache(tmp_path_factory):
+def toy_mixture_cache(tmp_path_factory, toy: dict, mix: str, rates: list):
+    """Register ``toy``'s seqio tasks (name -> (head, examples)) and mixture ``mix`` with
+    ``rates``, write its cache; yield the cache directory, then unregister them."""
     features = {"inputs": seqio.Feature(VOCAB, add_eos=False),
                 "targets": seqio.Feature(VOCAB, add_eos=False)}
-    for name, (head, n) in TOY.items():
+    for name, (head, n) in toy.items():
         seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(
             _toy_fn(head, n), splits=["train", "validation"],
             num_input_examples={"train": n, "validation": n}),
             output_features=features, preprocessors=[])
-    seqio.MixtureRegistry.add(MIX, [("test_cache_a", 5.0), ("test_cache_b", 3.0),
-                                    ("test_cache_c", 2.0)])
+    seqio.MixtureRegistry.add(mix, rates)
     root = tmp_path_factory.mktemp("cache") / "toy"
-    write_cache(MIX, root, LENGTHS)
+    write_cache(mix, root, LENGTHS)
     yield root
-    seqio.MixtureRegistry.remove(MIX)
-    for name in TOY:
+    seqio.MixtureRegistry.remove(mix)
+    for name in toy:
         seqio.TaskRegistry.remove(name)
+
+
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory):
+    yield from toy_mixture_cache(tmp_path_factory, TOY, MIX, [
+        ("test_cache_a", 5.0), ("test_cache_b", 3.0), ("test_cache_c", 2.0)])
 
 
 def _pair(root, mode, pack, shard, seed=7, split="train", **kw):

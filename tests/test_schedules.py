@@ -12,18 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.stats
-import seqio
+from test_cache import _same, toy_mixture_cache
 
 from mtl_jax import features as F
 from mtl_jax.data.batching import MixtureBatches, Shard
 from mtl_jax.data.cache_reader import open_cache, sharded_cache_iterator
-from mtl_jax.data.cache_writer import write_cache
 from mtl_jax.data.converters import EncDecConverter
 from mtl_jax.data.iterator import sharded_mixture_iterator
 from mtl_jax.data.rates import AnnealedRates, rate_schedule
 from mtl_jax.experiment import ConfigError, training_rate_schedule
 from mtl_jax.run_config import TrainConfig
-from test_cache import VOCAB, _same, _toy_fn
 
 LENGTHS = {"inputs": 16, "targets": 8}
 # name -> examples; sizes differ so the tasks roll over epochs at different times.
@@ -51,7 +49,8 @@ class ListSource:
         return self._examples[start:start + count]
 
 
-def _batches(rates, batch_mode, shard=Shard(0, 1), pack=False, batch_size=6, seed=7, **kw):
+def _batches(rates, batch_mode, shard=None, pack=False, batch_size=6, seed=7, **kw):
+    shard = shard or Shard(0, 1)
     conv = EncDecConverter(HEADS, pack=pack, passthrough=() if pack else ("idx",))
     return MixtureBatches([ListSource(t, n, shard) for t, n in SIZES.items()], rates, "train",
                           LENGTHS, batch_size, conv, seed, shard=shard, batch_mode=batch_mode,
@@ -67,19 +66,7 @@ def _batch_tasks(batch: dict[str, np.ndarray], pack: bool) -> set[int]:
 @pytest.fixture(scope="module")
 def toy_cache(tmp_path_factory):
     """Three seqio tasks (test_cache's toy data under other names), a mixture and its cache."""
-    features = {"inputs": seqio.Feature(VOCAB, add_eos=False),
-                "targets": seqio.Feature(VOCAB, add_eos=False)}
-    for name, (head, n) in TOY.items():
-        seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(
-            _toy_fn(head, n), splits=["train"], num_input_examples={"train": n}),
-            output_features=features, preprocessors=[])
-    seqio.MixtureRegistry.add(MIX, [(t, 1.0) for t in TOY])
-    root = tmp_path_factory.mktemp("cache") / "toy"
-    write_cache(MIX, root, LENGTHS, splits=("train",))
-    yield root
-    seqio.MixtureRegistry.remove(MIX)
-    for name in TOY:
-        seqio.TaskRegistry.remove(name)
+    yield from toy_mixture_cache(tmp_path_factory, TOY, MIX, [(t, 1.0) for t in TOY])
 
 
 # --- round-robin ---------------------------------------------------------------------------
@@ -155,12 +142,13 @@ def test_annealed_task_frequencies_match_the_rates_at_start_end_and_over_the_run
     at α = 0.5 (past the end of a short one) and, over a whole run, Σ_k rates(k)."""
     n = np.asarray(SCHEDULE_SIZES, np.float64)
     bound = scipy.stats.chi2.ppf(1 - SIGNIFICANCE, df=len(n) - 1)
-    start = _task_counts([b for b, _ in zip(_annealed(10**6, seed=8), range(100))])
+    long_run = _annealed(10**6, seed=8)
+    start = _task_counts([next(long_run) for _ in range(100)])
     assert _chi2(start, n) < bound, start
     assert _chi2(start, n**0.5) > 10 * bound, start  # the test tells the two apart
 
     short = _annealed(20)
-    end = _task_counts([b for k, b in zip(range(120), short) if k >= 19])
+    end = _task_counts([b for k, b in enumerate(next(short) for _ in range(120)) if k >= 19])
     assert _chi2(end, n**0.5) < bound, end
     assert _chi2(end, n) > 10 * bound, end
 
@@ -254,3 +242,23 @@ def test_seqio_and_cache_paths_give_the_same_global_batches(toy_cache, mode, ann
             assert set(a[F.TASK_ID].tolist()) == {k % 3}, k
         elif mode == "homogeneous":
             assert len(set(a[F.TASK_ID].tolist())) == 1, k
+
+
+def test_inspect_shows_the_annealed_rates_of_a_gin_run(capsys):
+    """``inspect MIXTURE --gin_file=methods/annealed.gin``: the rates at the start, middle and
+    end of training are n^α / Σ n^α of the members' training counts, α = 1, 0.75, 0.5."""
+    from mtl_jax import inspect as cli
+
+    argv = ["demo_cls", "-n", "0", "--max_examples", "1", "--gin_file=methods/annealed.gin"]
+    assert cli.main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    sched = report["schedule"]
+    assert sched["spec"] == {"name": "annealed", "alpha_start": 1.0, "alpha_end": 0.5}
+    assert sched["alpha"] == [1.0, 0.75, 0.5]
+    n = np.asarray([m["counts"]["train"] for m in report["members"]], np.float64)
+    assert len(set(n.tolist())) > 1  # sizes differ, so the rates move
+    got = np.asarray([sched["rates"][m["task"]] for m in report["members"]])
+    for i, alpha in enumerate((1.0, 0.75, 0.5)):
+        np.testing.assert_allclose(got[:, i], n**alpha / (n**alpha).sum(), rtol=1e-12)
+    assert cli.main(argv) == 0
+    assert "rate schedule {'name': 'annealed'" in capsys.readouterr().out

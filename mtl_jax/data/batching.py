@@ -22,7 +22,7 @@ Design (why it is exact, and why the cached and uncached paths agree by construc
   ``np.random.default_rng([seed, 1, shard index, i // 4096])``, and the task of the k-th batch
   (homogeneous mode) from ``default_rng([seed, 2, k // 4096])`` (no shard index: every shard
   picks the same task for batch k, so the GLOBAL batch is homogeneous). Round-robin mode draws
-  nothing: batch k holds task ``k mod T`` of the tasks with a rate > 0, in the mixture's order
+  nothing: batch k holds task ``k mod T`` of the tasks with a rate > 0, in the sources' order
   (again the same on every shard).
 - A rate schedule (annealed sampling, :class:`mtl_jax.data.rates.AnnealedRates`) changes the
   rates with the batch counter k. The draws stay the same counter-keyed uniforms; batch k maps
@@ -263,9 +263,10 @@ class MixtureBatches:
             self._scheduled = (batch, np.cumsum(weights))
         return self._scheduled[1]
 
-    def _task_index(self, counter: int, batch: int) -> int:
+    def _task_index(self, counter: int, batch: int | None = None) -> int:
         """Task of mixed-stream example ``counter`` (or of batch ``counter``, homogeneous), drawn
-        with the rates of batch ``batch``."""
+        with the rates of batch ``batch`` (default: the batch being built)."""
+        batch = self._batches if batch is None else batch
         block, offset = divmod(counter, CHOICE_BLOCK)
         if self._block is None or self._block[0] != block:
             if self.batch_mode == "heterogeneous":
@@ -298,8 +299,7 @@ class MixtureBatches:
         full_at = None if self.converter.pack else self.batch_size
         fixed_task = self._batch_task(self._batches)
         while full_at is None or builder.num_examples < full_at:
-            t = fixed_task if fixed_task is not None else self._task_index(self._position,
-                                                                            self._batches)
+            t = fixed_task if fixed_task is not None else self._task_index(self._position)
             stream = self._streams[t]
             ex = stream.peek()
             if ex is None:

@@ -222,6 +222,14 @@ def mixture_spec(name: str) -> MixtureSpec:
     return _SPECS[name]
 
 
+def rate_schedule(spec: Mapping[str, Any], tasks: Sequence[str],
+                  num_steps: int) -> rate_rules.AnnealedRates:
+    """The rate schedule ``spec`` (``TrainConfig.rate_schedule``) over ``tasks``, in that order,
+    sized by their training examples (:func:`num_examples`), for ``num_steps`` batches."""
+    sizes = [num_examples(t, TRAIN_SPLIT) for t in tasks]
+    return rate_rules.rate_schedule(spec, sizes, num_steps)
+
+
 def mixture_info(name: str, split: str = TRAIN_SPLIT) -> MixtureInfo:
     """Member tasks, normalised rates (from the sizes of ``split``) and evaluation tasks."""
     spec = mixture_spec(name)
