@@ -227,7 +227,8 @@ def test_a_short_training_run_with_smart_logs_smart_kl(tmp_path):
     run = tmp_path / "smart"
     params = ["TrainConfig.num_steps=4", "TrainConfig.eval_every=4",
               "TrainConfig.max_eval_examples=16", "TrainConfig.batch_size=8",
-              "TrainConfig.progress=False", f"TrainConfig.model_dir={run}"]
+              "TrainConfig.progress=False", f"TrainConfig.model_dir={run}",
+              "TrainConfig.optimizer={'name': 'adamw', 'learning_rate': 1e-3}"]
     args = ["--gin_file=demo_xlmr.gin", "--gin_file=methods/smart.gin",
             *[f"--gin_param={p}" for p in params]]
     done = subprocess.run([sys.executable, "-m", "mtl_jax.train", *args], env=runs.env_for(1),
