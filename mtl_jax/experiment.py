@@ -38,6 +38,7 @@ from mtl_jax.training.objectives import (
     EncoderDecoderObjective,
     R3FObjective,
 )
+from mtl_jax.training.smart import SMARTObjective
 from mtl_jax.training.step import make_train_step
 from mtl_jax.training.train_state import (
     TrainState,
@@ -211,6 +212,8 @@ def model_config(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
         kept = {k: getattr(base, k) for k in ("dtype", "attention_impl", "dropout_rate", "lora",
                                               "vocab_pad_multiple")
                 if hasattr(base, k) and hasattr(hf, k)}
+        if getattr(base, "classifier_dropout", None) is not None:  # a recipe's head dropout
+            kept["classifier_dropout"] = base.classifier_dropout
         base = dataclasses.replace(hf, **kept)
         if family.encoder_decoder:
             return base
@@ -218,7 +221,31 @@ def model_config(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
         base = _fit_vocab(base, vocab_size)
     if family.encoder_decoder:
         return base
-    return dataclasses.replace(base, task_num_labels=tuple(max(n, 1) for n in layout.head_labels))
+    return dataclasses.replace(base, task_num_labels=tuple(max(n, 1) for n in layout.head_labels),
+                               task_siamese=siamese_flags(cfg, layout))
+
+
+def siamese_flags(cfg: TrainConfig, layout: TaskLayout) -> tuple[bool, ...]:
+    """``TrainConfig.siamese_heads`` as one flag per head (empty when there are none), checked:
+    an XLM-R run, unpacked, naming regression heads of the run."""
+    if not cfg.siamese_heads:
+        return ()
+    where = f"TrainConfig.siamese_heads={tuple(cfg.siamese_heads)!r}"
+    if get_family(cfg.family).encoder_decoder:
+        raise ConfigError(f"{where}: siamese heads need family='xlmr' (an encoder with heads)")
+    if cfg.pack:
+        raise ConfigError(f"{where}: siamese heads encode each text in a row of its own; "
+                          "packing cannot be used (set TrainConfig.pack=False)")
+    labels = dict(zip(layout.heads, layout.head_labels, strict=True))
+    unknown = [h for h in cfg.siamese_heads if h not in labels]
+    if unknown:
+        raise ConfigError(f"{where}: {unknown} are not heads of mixture {cfg.mixture!r} "
+                          f"(heads: {list(layout.heads)})")
+    wrong = [h for h in cfg.siamese_heads if labels[h] != 1]
+    if wrong:
+        raise ConfigError(f"{where}: {wrong} are not regression tasks; a siamese head predicts "
+                          "one similarity score")
+    return tuple(h in cfg.siamese_heads for h in layout.heads)
 
 
 def _fit_vocab(config: Any, vocab_size: int) -> Any:
@@ -260,11 +287,12 @@ def converter(cfg: TrainConfig, layout: TaskLayout, vocab: Any, passthrough: Seq
     return ClassificationConverter(
         layout.heads, bos_id=0, pad_id=vocab.pad_id, eos_id=vocab.eos_id,
         passthrough=tuple(passthrough), regression=1 in layout.head_labels,
+        siamese_heads=tuple(cfg.siamese_heads),
     )
 
 
 def objective(cfg: TrainConfig, layout: TaskLayout, vocab_size: int | None = None) -> Any:
-    """The family's objective, with Muppet loss scaling and wrapped in R3F when configured;
+    """The family's objective, with Muppet loss scaling and wrapped in R3F or SMART when configured;
     ``vocab_size`` is the model's (unpadded) vocabulary, what text-to-text scaling divides by."""
     try:
         if get_family(cfg.family).encoder_decoder:
@@ -280,6 +308,16 @@ def objective(cfg: TrainConfig, layout: TaskLayout, vocab_size: int | None = Non
             )
     except ValueError as e:
         raise ConfigError(f"TrainConfig.loss_scaling={cfg.loss_scaling!r}: {e}") from e
+    if cfg.r3f and cfg.smart:
+        raise ConfigError("TrainConfig.r3f and TrainConfig.smart are both set: choose one")
+    if cfg.smart:
+        try:
+            return SMARTObjective(base, **cfg.smart)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"TrainConfig.smart={cfg.smart!r}: {e} (keys: sigma, step_size, steps, alpha, "
+                "normalize='perturbation'|'gradient', radius)"
+            ) from e
     if not cfg.r3f:
         return base
     try:
@@ -368,6 +406,8 @@ class Experiment:
             fields.pop(k, None)
         if fields.get("lora") is not None:  # LoRA's dropout may change on resume like the others
             fields["lora"].pop("dropout", None)
+        if not any(fields.get("task_siamese", ())):  # records from before siamese heads match
+            fields.pop("task_siamese", None)
         return {"family": self.cfg.family, "heads": list(self.layout.heads), **_jsonable(fields)}
 
     def parameter_table(self) -> str:
@@ -608,6 +648,7 @@ def build(cfg: TrainConfig, training: bool = True) -> Experiment:
     vocab = configure_vocabulary(cfg)
     layout = task_layout(cfg, training)
     cfg = training_length(cfg, training)
+    siamese_flags(cfg, layout)  # any family: a wrong binding stops here
     if training:
         check_evaluation_data(cfg, layout)
     config = model_config(cfg, layout, vocab.vocab_size)

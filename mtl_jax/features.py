@@ -29,6 +29,11 @@ ATTENTION_MASK = "attention_mask"  # int32, 1 on real tokens
 TOKEN_TYPE_IDS = "token_type_ids"  # optional, zeros for XLM-R
 LABELS = "labels"  # int32 class id (float32 for regression tasks, stored in REGRESSION_TARGETS)
 REGRESSION_TARGETS = "regression_targets"  # float32, only read for regression heads
+# Siamese heads (TrainConfig.siamese_heads): the second sentence encoded on its own, ``<s> b </s>``
+# (the first is then ``<s> a </s>`` in input_ids). Present in every batch of a run with a
+# siamese head, all padding (mask 0) on the rows of other tasks, so shapes stay static.
+PAIR_INPUT_IDS = "pair_input_ids"
+PAIR_ATTENTION_MASK = "pair_attention_mask"
 
 # Every example, both formats: index of its task (head) in the run's task list. int32 [batch].
 TASK_ID = "task_id"
@@ -52,6 +57,7 @@ PACKING_FEATURES = (
     DECODER_POSITIONS,
 )
 CLASSIFICATION_FEATURES = (INPUT_IDS, ATTENTION_MASK, LABELS, TASK_ID)
+SIAMESE_FEATURES = (PAIR_INPUT_IDS, PAIR_ATTENTION_MASK)
 
 
 def count_real_tokens(batch: Mapping[str, Any]) -> int:
@@ -60,4 +66,5 @@ def count_real_tokens(batch: Mapping[str, Any]) -> int:
     if ENCODER_INPUT_TOKENS in batch:
         return int(np.count_nonzero(batch[ENCODER_INPUT_TOKENS])
                    + np.count_nonzero(batch[DECODER_LOSS_WEIGHTS]))
-    return int(np.count_nonzero(batch[ATTENTION_MASK]))
+    pair = np.count_nonzero(batch[PAIR_ATTENTION_MASK]) if PAIR_ATTENTION_MASK in batch else 0
+    return int(np.count_nonzero(batch[ATTENTION_MASK]) + pair)

@@ -103,12 +103,19 @@ class TrainConfig:
     # R3F (Aghajanyan et al. 2020): {"sigma": 1e-5, "lam": 1e-2, "noise": "uniform"} (the
     # thesis's setting; gin_configs/methods/r3f.gin); None = off. See docs/methods.md.
     r3f: dict[str, Any] | None = None
+    # SMART (Jiang et al. 2020, as in MT-DNN): {"sigma": 1e-5, "step_size": 1e-3, "steps": 1,
+    # "alpha": 1.0} (gin_configs/methods/smart.gin); None = off. Not together with r3f.
+    smart: dict[str, Any] | None = None
     # Muppet loss scaling: "log_classes" divides each example's loss by log(its task's classes)
     # (vocabulary size for text-to-text); None = off.
     loss_scaling: str | None = None
     # Gradient surgery across the tasks of each effective batch: "pcgrad" (Yu et al. 2020) or
     # None. Costs one gradient per task in memory and one backward pass per task present.
     gradient_combiner: str | None = None
+    # XLM-R heads (names, e.g. ('cs224n_sts',)) of two-text regression tasks predicted by a
+    # siamese cosine head: each text encoded alone, 2.5 * (cos(pooled a, pooled b) + 1). Costs a
+    # second encoder pass on batches holding such a task; no packing. See docs/methods.md.
+    siamese_heads: tuple[str, ...] = ()
     # None = the family default: "tokens" for t5 (mean over real target tokens), "examples" for xlmr.
     loss_normalization: Any = None
     mesh_data: int = -1

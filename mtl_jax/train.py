@@ -167,6 +167,10 @@ def run(cfg) -> int:
             print(f"\nValidation results at the best step {result.best_step} "
                   f"(model-selection score {100 * result.best_score:.2f}):")
             print(tables.format_text(table))
+            if tables.has_secondary_metrics(table):  # e.g. F1 beside accuracy, Spearman
+                every = tables.format_metrics_markdown(table)
+                tables.write_atomic(model_dir / "results_metrics.md", every)
+                print(f"Every metric (results_metrics.md):\n{every}")
         if final_table is not None:
             tables.save_report(final_table, model_dir, f"results_{final_split}")
             print(f"\n{final_split} results of the best step {result.best_step}:")

@@ -35,6 +35,7 @@ def test_mc4_is_one_percent_of_the_final_mt5_mixture():
     ("methods/r3f.gin", "r3f", THESIS_R3F),
     ("methods/loss_scaling.gin", "loss_scaling", "log_classes"),
     ("methods/pcgrad.gin", "gradient_combiner", "pcgrad"),
+    ("methods/smart.gin", "smart", {"sigma": 1e-5, "step_size": 1e-3, "steps": 1, "alpha": 1.0}),
 ])
 @pytest.mark.parametrize("demo", ["demo_mt5.gin", "demo_xlmr.gin"])
 def test_method_fragments_compose_with_the_demos(demo, method, field, value):
@@ -45,6 +46,8 @@ def test_method_fragments_compose_with_the_demos(demo, method, field, value):
     objective = experiment.objective(cfg, layout)
     if field == "r3f":
         assert objective.sigma == 1e-5 and objective.lam == 0.01
+    if field == "smart":
+        assert (objective.sigma, objective.steps, objective.normalize) == (1e-5, 1, "perturbation")
     if field == "gradient_combiner":
         assert experiment.gradient_combiner(cfg) is not None
 
@@ -54,6 +57,12 @@ def test_bad_method_settings_name_the_binding():
     cfg = configurables.train_config()
     with pytest.raises(experiment.ConfigError, match=r"TrainConfig.r3f=.*keys: sigma, lam"):
         experiment.objective(cfg, experiment.task_layout(cfg))
+    gin_config.parse(["demo_xlmr.gin", "methods/r3f.gin", "methods/smart.gin"])
+    with pytest.raises(experiment.ConfigError, match="r3f and TrainConfig.smart are both set"):
+        experiment.objective(configurables.train_config(), experiment.task_layout(cfg))
+    gin_config.parse(["demo_xlmr.gin"], ["TrainConfig.smart={'sigma': 1e-5, 'k': 1}"])
+    with pytest.raises(experiment.ConfigError, match=r"TrainConfig.smart=.*keys: sigma, step_size"):
+        experiment.objective(configurables.train_config(), experiment.task_layout(cfg))
     gin_config.parse(["demo_xlmr.gin"], ["TrainConfig.gradient_combiner=gradnorm"])
     with pytest.raises(experiment.ConfigError, match="gradient_combiner='gradnorm'"):
         experiment.gradient_combiner(configurables.train_config())

@@ -73,7 +73,7 @@ _XLMR_COMMON = dict(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_
 COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout", "method",
               "scan", "remat")
 # --method: the MTL method switched on in the step (thesis settings; docs/methods.md).
-METHODS = ("plain", "r3f", "loss_scaling", "pcgrad", "lora", "uncertainty")
+METHODS = ("plain", "r3f", "smart", "loss_scaling", "pcgrad", "lora", "uncertainty")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,9 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--micro_batches", type=int, default=1)
     p.add_argument("--method", default="plain",
                    help=f"MTL method in the step: {' | '.join(METHODS)} (R3F sigma 1e-5 lambda "
-                        "1e-2; LoRA r 32 alpha 32 on q/v, base frozen; PCGrad over the tasks of "
-                        "--task_labels; uncertainty: MT-Uncertainty selection of --batch rows "
-                        "from a pool of --batch per task, XLM-R only)")
+                        "1e-2; SMART MT-DNN's defaults; LoRA r 32 alpha 32 on q/v, base frozen; "
+                        "PCGrad over the tasks of --task_labels; uncertainty: MT-Uncertainty "
+                        "selection of --batch rows from a pool of --batch per task, XLM-R only)")
     p.add_argument("--attention", default="auto", help="attention impl: auto | cudnn | xla")
     p.add_argument("--scan", default="off", choices=("off", "on"), help="scan_layers")
     p.add_argument("--remat", default="none", help="remat policy: none | full | save_dots")
@@ -389,6 +389,10 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
         from mtl_jax.training.objectives import R3FObjective
 
         objective = R3FObjective(objective, sigma=1e-5, lam=1e-2)
+    elif args.method == "smart":
+        from mtl_jax.training.smart import SMARTObjective
+
+        objective = SMARTObjective(objective)
     elif args.method == "loss_scaling":
         objective = dataclasses.replace(objective, loss_scaling="log_classes")
     combiner = None

@@ -365,6 +365,12 @@ class ClassificationConverter:
     with ``regression`` (a run with a regression task) the batch holds ``regression_targets``
     (float32: those scores, 0 elsewhere); such rows have ``labels`` -1 (without ``regression``,
     e.g. when only predicting, the score is not put in the batch).
+
+    ``siamese_heads``: heads whose two texts are encoded separately (the siamese cosine head of
+    ``models.xlmr``): their rows hold ``<s> a </s>`` in ``input_ids`` and ``<s> b </s>`` in
+    ``pair_input_ids`` / ``pair_attention_mask``, each cut to ``sequence_length['inputs']``.
+    Every batch then carries the pair features (all padding on other heads' rows), so batch
+    shapes do not depend on which tasks a batch holds.
     """
 
     heads: tuple[str, ...]
@@ -373,12 +379,17 @@ class ClassificationConverter:
     eos_id: int = 2
     passthrough: tuple[str, ...] = ()
     regression: bool = False
+    siamese_heads: tuple[str, ...] = ()
     pack: bool = dataclasses.field(default=False, init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
         object.__setattr__(self, "passthrough", tuple(self.passthrough))
+        object.__setattr__(self, "siamese_heads", tuple(self.siamese_heads))
         task_id_map(self.heads)
+        unknown = [h for h in self.siamese_heads if h not in self.heads]
+        if unknown:
+            raise ValueError(f"siamese heads {unknown} are not in the head list {list(self.heads)}")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -387,6 +398,7 @@ class ClassificationConverter:
             "special_ids": [self.bos_id, self.pad_id, self.eos_id],
             "passthrough": list(self.passthrough),
             **({"regression": True} if self.regression else {}),
+            **({"siamese_heads": list(self.siamese_heads)} if self.siamese_heads else {}),
         }
 
     def builder(self, batch_size: int, sequence_length: Mapping[str, int]) -> _ClsBuilder:
@@ -416,6 +428,10 @@ class _ClsBuilder:
         self._task = np.zeros([batch_size], np.int32)
         self._extra = {k: np.full([batch_size], -1, np.int32) for k in conv.passthrough}
         self._scores = np.zeros([batch_size], np.float32) if conv.regression else None
+        self._siamese = {self._task_ids[h] for h in conv.siamese_heads}
+        if self._siamese:
+            self._pair_ids = np.full((batch_size, length), conv.pad_id, np.int32)
+            self._pair_mask = np.zeros((batch_size, length), np.int32)
         self._n = 0
 
     @property
@@ -430,14 +446,19 @@ class _ClsBuilder:
             raise KeyError(f"classification example has no 'label'; it has {sorted(example)}")
         tid = example_task_id(example, self._task_ids)
         extras = {k: _scalar(example, k) for k in c.passthrough}
-        ids = xlmr_input_ids(
-            _tokens(example, "text"),
-            _tokens(example, "text_pair", required=False),
-            self._len,
-            c.bos_id,
-            c.eos_id,
-        )
+        text, pair = _tokens(example, "text"), _tokens(example, "text_pair", required=False)
         r = self._n
+        if tid in self._siamese:
+            if pair.size == 0:
+                raise ValueError(
+                    f"example of siamese head '{c.heads[tid]}' has no 'text_pair': a siamese "
+                    "head compares two texts"
+                )
+            pair_ids = xlmr_input_ids(pair, None, self._len, c.bos_id, c.eos_id)
+            self._pair_ids[r, : len(pair_ids)] = pair_ids
+            self._pair_mask[r, : len(pair_ids)] = 1
+            pair = None
+        ids = xlmr_input_ids(text, pair, self._len, c.bos_id, c.eos_id)
         self._ids[r, : len(ids)] = ids
         self._mask[r, : len(ids)] = 1
         label = np.asarray(example["label"])
@@ -461,5 +482,7 @@ class _ClsBuilder:
             F.LABELS: self._labels,
             F.TASK_ID: self._task,
             **({F.REGRESSION_TARGETS: self._scores} if self._scores is not None else {}),
+            **({F.PAIR_INPUT_IDS: self._pair_ids, F.PAIR_ATTENTION_MASK: self._pair_mask}
+               if self._siamese else {}),
             **self._extra,
         }

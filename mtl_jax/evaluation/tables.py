@@ -197,6 +197,26 @@ def format_markdown(table: ReportTable) -> str:
     return "\n".join(out) + "\n\n" + _caption(table) + "\n"
 
 
+def has_secondary_metrics(table: ReportTable) -> bool:
+    """Whether some cell holds a metric beyond its task's primary one (e.g. Quora's F1)."""
+    return any(len(cell) > 1 for cell in table.metrics.values())
+
+
+def format_metrics_markdown(table: ReportTable) -> str:
+    """Every metric of every task, x100: one row per (task, metric) in task order (primary
+    metric first, then the others by name), one column per language."""
+    out = ["| task | metric | " + " | ".join(table.languages) + " |",
+           "|:---|:---|" + "---:|" * len(table.languages)]
+    for task in table.tasks:
+        names = {m for lang in table.languages for m in table.metrics.get((task, lang), {})}
+        primary = table.primary_metrics[task]
+        for metric in [primary, *sorted(names - {primary})]:
+            cells = [_percent(table.metrics[(task, lang)].get(metric))
+                     if (task, lang) in table.metrics else MISSING for lang in table.languages]
+            out.append("| " + " | ".join([_markdown_cell(task), metric, *cells]) + " |")
+    return "\n".join(out) + "\n\nScores x100; - where a task lacks the language or metric.\n"
+
+
 def format_csv(table: ReportTable) -> str:
     """The displayed layout with full-precision fractions (``repr`` round-trips exactly)."""
     buffer = io.StringIO()

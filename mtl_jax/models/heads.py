@@ -130,6 +130,23 @@ class TaskHeads(nnx.Module):
         }
 
 
+SIAMESE_SCALE = 5.0  # the top of the similarity scale (STS: 0-5)
+
+
+def siamese_score(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """A siamese head's prediction from the two texts' pooled vectors ``[batch, hidden]``:
+    ``2.5 * (cos(a, b) + 1)``, so cosine -1, 0, 1 map to 0, 2.5, 5 (float32, ``[batch]``).
+
+    Linear in the cosine (Pearson and Spearman are those of the cosine itself) and never
+    clipped, so the squared error against a 0-5 label has a gradient at every cosine (a clip at 0,
+    ``5 * max(cos, 0)``, would leave examples with a negative cosine without one).
+    """
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    norms = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
+    cos = jnp.sum(a * b, axis=-1) / jnp.maximum(norms, eps)
+    return SIAMESE_SCALE / 2 * (cos + 1.0)
+
+
 def per_example_loss(
     outputs: dict[str, jax.Array],
     labels: jax.Array,

@@ -94,17 +94,24 @@ def per_task_sums(
 
 
 def symmetric_kl(
-    logits_p: jax.Array, logits_q: jax.Array, valid: jax.Array | None = None
+    logits_p: jax.Array, logits_q: jax.Array, valid: jax.Array | None = None,
+    detach_targets: bool = False,
 ) -> jax.Array:
     """``KL(p||q) + KL(q||p) = sum_c (p_c - q_c)(log p_c - log q_c)`` over the last axis.
 
     Both sides go through ``log_softmax`` in float32 and ``p = exp(log p)``: ``log(softmax(x))``
     underflows to ``log 0`` over a 250k vocabulary and turns the term into NaN. ``valid`` (same
-    shape, bool) drops columns that are not classes of the row's task.
+    shape, bool) drops columns that are not classes of the row's task. ``detach_targets``: the
+    same value, but each KL's target distribution is a constant, ``KL(sg(p)||q) + KL(sg(q)||p)``
+    (MT-DNN's SMART loss), so the gradient is ``-sum_c (q_c d log p_c + p_c d log q_c)``.
     """
     lp = jax.nn.log_softmax(logits_p.astype(jnp.float32), axis=-1)
     lq = jax.nn.log_softmax(logits_q.astype(jnp.float32), axis=-1)
-    terms = (jnp.exp(lp) - jnp.exp(lq)) * (lp - lq)
+    if detach_targets:
+        sp, sq = jax.lax.stop_gradient(lp), jax.lax.stop_gradient(lq)
+        terms = jnp.exp(sp) * (sp - lq) + jnp.exp(sq) * (sq - lp)
+    else:
+        terms = (jnp.exp(lp) - jnp.exp(lq)) * (lp - lq)
     if valid is not None:
         terms = jnp.where(valid, terms, 0.0)
     return jnp.sum(terms, axis=-1)

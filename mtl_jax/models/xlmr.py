@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtl_jax.models import vocab_padding
-from mtl_jax.models.heads import TaskHeads
+from mtl_jax.models.heads import TaskHeads, siamese_score
 from mtl_jax.models.layer_stack import check_stack_options, run_layers
 from mtl_jax.models.layers import (
     ATTENTION_IMPLS,
@@ -94,7 +94,8 @@ class XLMRConfig:
     from ``pad_token_id + 1`` (fairseq/RoBERTa); ``"absolute"`` numbers every slot from 0 (BERT).
     ``lora`` wraps the dense layers its targets name with LoRA (``mtl_jax.models.lora``).
     ``vocab_pad_multiple``: the word embeddings hold ``padded_vocab_size`` rows, so they shard
-    (``models.vocab_padding``; 1 = none).
+    (``models.vocab_padding``; 1 = none). ``task_siamese[k]``: task k is a siamese similarity
+    head (``XLMRMultiTask``; 1 label, needs the pooler); empty = none.
     """
 
     vocab_size: int = 250002
@@ -118,6 +119,7 @@ class XLMRConfig:
     model_type: str = "xlm-roberta"
     add_pooling_layer: bool = True
     task_num_labels: tuple[int, ...] = ()
+    task_siamese: tuple[bool, ...] = ()
     # R4F: spectrally normalise each task head's out projection (heads.TaskHeads).
     head_spectral_norm: bool = False
     dtype: str = "float32"
@@ -130,6 +132,8 @@ class XLMRConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_num_labels", tuple(int(n) for n in self.task_num_labels))
+        object.__setattr__(self, "task_siamese", tuple(bool(s) for s in self.task_siamese))
+        self._check_siamese()
         object.__setattr__(self, "lora", LoRAConfig.coerce(self.lora))
         vocab_padding.check_multiple("XLMRConfig", self.vocab_pad_multiple)
         check_stack_options(self.scan_layers, self.remat, "XLMRConfig")
@@ -152,6 +156,20 @@ class XLMRConfig:
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"XLMRConfig.attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
         as_dtype(self.dtype)  # raises on an unknown dtype name
+
+    def _check_siamese(self) -> None:
+        if not any(self.task_siamese):
+            return
+        if len(self.task_siamese) != len(self.task_num_labels):
+            raise ValueError(f"XLMRConfig.task_siamese has {len(self.task_siamese)} entries for "
+                             f"{len(self.task_num_labels)} tasks (task_num_labels)")
+        wrong = [k for k, s in enumerate(self.task_siamese) if s and self.task_num_labels[k] != 1]
+        if wrong:
+            raise ValueError(f"XLMRConfig.task_siamese: tasks {wrong} have more than one label; a "
+                             "siamese head predicts one similarity score (a regression task)")
+        if not self.add_pooling_layer:
+            raise ValueError("XLMRConfig.task_siamese needs add_pooling_layer=True: a siamese head "
+                             "compares the two texts' pooled vectors")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -343,13 +361,15 @@ class XLMREmbeddings(nnx.Module):
         deterministic: bool,
         rngs: nnx.Rngs | None,
         embedding_noise: jax.Array | None = None,
+        embedding_output_noise: jax.Array | None = None,
     ) -> jax.Array:
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = add_embedding_noise(self.word_embeddings(input_ids), embedding_noise)
         x = x + self.position_embeddings(self.position_ids(attention_mask))
         x = x + self.token_type_embeddings(token_type_ids)
-        return dropout(self.layer_norm(x), self.dropout_rate, deterministic=deterministic, rngs=rngs)
+        x = dropout(self.layer_norm(x), self.dropout_rate, deterministic=deterministic, rngs=rngs)
+        return add_embedding_noise(x, embedding_output_noise)
 
 
 class XLMREncoder(nnx.Module):
@@ -377,12 +397,14 @@ class XLMREncoder(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         embedding_noise: jax.Array | None = None,
+        embedding_output_noise: jax.Array | None = None,
         probes: Mapping[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """``(hidden [batch, length, hidden], pooled [batch, hidden] or None)`` in the compute dtype.
 
         ``embedding_noise`` ``[batch, length, hidden]`` is added to the word-embedding lookup,
-        before position/type embeddings, layer norm and dropout (R3F, SMART). ``probes``: zero
+        before position/type embeddings, layer norm and dropout (R3F); ``embedding_output_noise``
+        (same shape) to the embeddings' output, after layer norm and dropout (SMART). ``probes``: zero
         perturbations ``layers/{i}/attention`` and ``layers/{i}/output`` (see
         ``XLMRMultiTask.probe_shapes``) whose gradients are those of the activations."""
         if input_ids.shape[-1] > self.config.max_position_length:
@@ -393,7 +415,8 @@ class XLMREncoder(nnx.Module):
             )
         mask = padding_mask(attention_mask)
         x = self.embeddings(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-                            rngs=rngs, embedding_noise=embedding_noise)
+                            rngs=rngs, embedding_noise=embedding_noise,
+                            embedding_output_noise=embedding_output_noise)
         probes = probes or {}
         per_layer = [
             {k: probes[f"layers/{i}/{k}"] for k in ("attention", "output") if f"layers/{i}/{k}" in probes}
@@ -407,7 +430,15 @@ class XLMREncoder(nnx.Module):
 
 
 class XLMRMultiTask(nnx.Module):
-    """Shared encoder + one RoBERTa classification/regression head per task (``task_num_labels``)."""
+    """Shared encoder + one RoBERTa classification/regression head per task (``task_num_labels``).
+
+    A siamese task (``task_siamese``, the CS224N/Sentence-BERT similarity head) encodes its two
+    texts separately with the shared encoder (``input_ids`` and ``pair_input_ids``) and predicts
+    ``heads.siamese_score`` of the two pooled vectors (the tanh pooler over the first token,
+    BERT's ``pooler_output``) instead of its head's output. A batch that holds a siamese row runs
+    the second pass over all its rows (static shapes; only siamese rows use it); a batch without
+    one skips it (``jax.lax.cond``), so one-task batches of other tasks cost one pass.
+    """
 
     def __init__(self, config: XLMRConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -457,7 +488,10 @@ class XLMRMultiTask(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         embedding_noise: jax.Array | None = None,
+        embedding_output_noise: jax.Array | None = None,
         probes: Mapping[str, jax.Array] | None = None,
+        pair_input_ids: jax.Array | None = None,
+        pair_attention_mask: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         """Per-example outputs; every example uses its own task's head (selected inside the jit).
 
@@ -468,6 +502,11 @@ class XLMRMultiTask(nnx.Module):
         masked to the most negative float, ``regression`` ``[batch]`` float32 (the head's first
         output; meaningful for 1-label tasks), ``is_regression`` ``[batch]`` bool, ``num_labels``
         ``[batch]``, ``hidden`` ``[batch, length, hidden]`` and ``pooled`` (when a pooler exists).
+        With siamese tasks, ``pair_input_ids``/``pair_attention_mask`` (the second texts) are
+        required, ``pair_pooled`` is their pooled vector (zeros when no row is siamese) and
+        ``regression`` on siamese rows is
+        ``siamese_score(pooled, pair_pooled)`` (both after the head dropout). The embedding noise
+        and probes apply to the first pass only.
         A ``task_id`` outside ``[0, T)`` cannot raise inside a jit: its row comes out NaN (JAX's
         out-of-bounds fill), which the loss then shows.
         """
@@ -477,7 +516,8 @@ class XLMRMultiTask(nnx.Module):
         cls_probe = probes.pop("cls", None)
         hidden, pooled = self.encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs,
-            embedding_noise=embedding_noise, probes=probes,
+            embedding_noise=embedding_noise, embedding_output_noise=embedding_output_noise,
+            probes=probes,
         )
         out: dict[str, jax.Array] = {"hidden": hidden}
         if pooled is not None:
@@ -487,4 +527,39 @@ class XLMRMultiTask(nnx.Module):
                 raise ValueError("XLMRMultiTask has task heads: pass task_id [batch] (int32)")
             first = add_probe(hidden[:, 0], cls_probe, "cls")
             out.update(self.heads(first, task_id, deterministic=deterministic, rngs=rngs))
+            if any(self.config.task_siamese):
+                out.update(self._siamese(out, task_id, pair_input_ids, pair_attention_mask,
+                                         deterministic=deterministic, rngs=rngs))
         return out
+
+    def _siamese(self, out: dict[str, jax.Array], task_id: jax.Array,
+                 pair_input_ids: jax.Array | None, pair_attention_mask: jax.Array | None, *,
+                 deterministic: bool, rngs: nnx.Rngs | None) -> dict[str, jax.Array]:
+        """The second texts' pass and the siamese rows' scores."""
+        if pair_input_ids is None or pair_attention_mask is None:
+            raise ValueError("XLMRMultiTask has siamese tasks: pass pair_input_ids and "
+                             "pair_attention_mask (the converter's siamese_heads features)")
+        siamese = jnp.take(jnp.asarray(self.config.task_siamese), jnp.asarray(task_id, jnp.int32))
+
+        # A batch without siamese rows (most batches of one-task-per-batch runs) skips the pass.
+        # A plain lax.cond over the encoder's state (read, never written) and a dropout key drawn
+        # here: unlike nnx.cond it writes nothing back, so it also runs inside the inner
+        # transforms of the objectives (SMART's ascent, PCGrad's per-task VJPs).
+        graphdef, state = nnx.split(self.encoder)
+        stream = None if deterministic or rngs is None else getattr(rngs, "dropout", None)
+        key = jax.random.key(0) if stream is None else stream()
+
+        def second_pass(state: Any, key: jax.Array) -> jax.Array:
+            inner = None if stream is None else nnx.Rngs(dropout=key)
+            return nnx.merge(graphdef, state)(pair_input_ids, pair_attention_mask,
+                                              deterministic=deterministic, rngs=inner)[1]
+
+        def skipped(state: Any, key: jax.Array) -> jax.Array:
+            return jnp.zeros_like(out["pooled"])
+
+        pair_pooled = jax.lax.cond(jnp.any(siamese), second_pass, skipped, state, key)
+        rate = self.config.classifier_dropout_rate
+        a, b = (dropout(p.astype(jnp.float32), rate, deterministic=deterministic, rngs=rngs)
+                for p in (out["pooled"], pair_pooled))
+        return {"pair_pooled": pair_pooled,
+                "regression": jnp.where(siamese, siamese_score(a, b), out["regression"])}

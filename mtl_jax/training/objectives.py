@@ -90,8 +90,11 @@ class Objective:
         deterministic: bool,
         rngs: nnx.Rngs | None,
         embedding_noise: jax.Array | None = None,
+        embedding_output_noise: jax.Array | None = None,
     ) -> Any:
-        """The model's forward pass on ``batch`` (what ``terms_from`` and ``divergence`` read)."""
+        """The model's forward pass on ``batch`` (what ``terms_from`` and ``divergence`` read).
+        ``embedding_noise`` perturbs the token-embedding lookup (R3F), ``embedding_output_noise``
+        the embeddings' output (SMART); both ``embedding_shape``."""
         raise NotImplementedError
 
     def terms_from(self, outputs: Any, batch: Batch) -> LossTerms:
@@ -99,14 +102,19 @@ class Objective:
         raise NotImplementedError
 
     def divergence(
-        self, outputs_a: Any, outputs_b: Any, batch: Batch
+        self, outputs_a: Any, outputs_b: Any, batch: Batch, detach_targets: bool = False
     ) -> tuple[jax.Array, jax.Array]:
         """Symmetric KL between two forward passes' predictions per element (example or target
-        token), weighted and loss-scaled like the loss, and each element's task id."""
+        token), weighted and loss-scaled like the loss, and each element's task id.
+        ``detach_targets``: each KL's target side is a constant (``losses.symmetric_kl``)."""
         raise NotImplementedError
 
     def embedding_shape(self, model: nnx.Module, batch: Batch) -> tuple[int, int, int]:
         """``[batch, length, width]`` of the token embeddings the model's noise hook perturbs."""
+        raise NotImplementedError
+
+    def embedding_mask(self, batch: Batch) -> jax.Array:
+        """``[batch, length]`` float32, 1 at real (non-padding) input tokens: where noise goes."""
         raise NotImplementedError
 
     def terms(
@@ -191,10 +199,14 @@ class EncoderDecoderObjective(Objective):
         deterministic: bool,
         rngs: nnx.Rngs | None,
         embedding_noise: jax.Array | None = None,
+        embedding_output_noise: jax.Array | None = None,
     ) -> jax.Array:
         _require(batch, F.ENC_DEC_FEATURES, "encoder-decoder objective")
         packing = {k: batch[k] for k in F.PACKING_FEATURES if k in batch}
-        noise = {} if embedding_noise is None else {"embedding_noise": embedding_noise}
+        # T5 has no embedding layer norm or position embeddings: the encoder's embedding output
+        # is its token lookup (only dropout follows, inside the encoder), so both hooks add there.
+        given = [n for n in (embedding_noise, embedding_output_noise) if n is not None]
+        noise = {"embedding_noise": sum(given[1:], given[0])} if given else {}
         return model(
             batch[F.ENCODER_INPUT_TOKENS],
             batch[F.DECODER_INPUT_TOKENS],
@@ -231,18 +243,22 @@ class EncoderDecoderObjective(Objective):
         )
 
     def divergence(
-        self, outputs_a: jax.Array, outputs_b: jax.Array, batch: Batch
+        self, outputs_a: jax.Array, outputs_b: jax.Array, batch: Batch, detach_targets: bool = False
     ) -> tuple[jax.Array, jax.Array]:
         """Per target token over the vocabulary, weighted by ``decoder_loss_weights`` (padding
         and packing gaps count 0), so the term is normalised like the loss."""
         weights = batch[F.DECODER_LOSS_WEIGHTS].astype(jnp.float32)
-        kl = losses.symmetric_kl(outputs_a, outputs_b)
+        kl = losses.symmetric_kl(outputs_a, outputs_b, detach_targets=detach_targets)
         return (kl * weights * self._scale(outputs_a),
                 _task_ids_like(batch, batch[F.DECODER_TARGET_TOKENS].shape))
 
     def embedding_shape(self, model: nnx.Module, batch: Batch) -> tuple[int, int, int]:
         b, length = batch[F.ENCODER_INPUT_TOKENS].shape
         return b, length, model.config.d_model
+
+    def embedding_mask(self, batch: Batch) -> jax.Array:
+        # Token 0 is T5's padding (T5Model._encoder_valid; packing gaps are padding too).
+        return (batch[F.ENCODER_INPUT_TOKENS] != 0).astype(jnp.float32)
 
     def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
         """Per example: log-likelihood of the given targets (rank classification scores each
@@ -289,11 +305,15 @@ class ClassificationObjective(Objective):
         deterministic: bool,
         rngs: nnx.Rngs | None,
         embedding_noise: jax.Array | None = None,
+        embedding_output_noise: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         _require(batch, (F.INPUT_IDS, F.ATTENTION_MASK, F.TASK_ID), "classification objective")
         extra = {F.TOKEN_TYPE_IDS: batch[F.TOKEN_TYPE_IDS]} if F.TOKEN_TYPE_IDS in batch else {}
         if embedding_noise is not None:
             extra["embedding_noise"] = embedding_noise
+        if embedding_output_noise is not None:
+            extra["embedding_output_noise"] = embedding_output_noise
+        extra.update({k: batch[k] for k in F.SIAMESE_FEATURES if k in batch})
         return model(
             batch[F.INPUT_IDS],
             batch[F.ATTENTION_MASK],
@@ -339,20 +359,24 @@ class ClassificationObjective(Objective):
         )
 
     def divergence(
-        self, outputs_a: dict[str, jax.Array], outputs_b: dict[str, jax.Array], batch: Batch
+        self, outputs_a: dict[str, jax.Array], outputs_b: dict[str, jax.Array], batch: Batch,
+        detach_targets: bool = False,
     ) -> tuple[jax.Array, jax.Array]:
         """Over each example's own label columns (other tasks' columns masked out); regression
         examples contribute nothing."""
         logits_a, logits_b = outputs_a["logits"], outputs_b["logits"]
         columns = jnp.arange(logits_a.shape[-1])
         valid = columns[None, :] < outputs_a["num_labels"][:, None]
-        kl = losses.symmetric_kl(logits_a, logits_b, valid)
+        kl = losses.symmetric_kl(logits_a, logits_b, valid, detach_targets=detach_targets)
         weights = self._weights(batch) * (~outputs_a["is_regression"]).astype(jnp.float32)
         return kl * weights * self.example_scale(batch), batch[F.TASK_ID].astype(jnp.int32)
 
     def embedding_shape(self, model: nnx.Module, batch: Batch) -> tuple[int, int, int]:
         b, length = batch[F.INPUT_IDS].shape
         return b, length, model.config.hidden_size
+
+    def embedding_mask(self, batch: Batch) -> jax.Array:
+        return (batch[F.ATTENTION_MASK] > 0).astype(jnp.float32)
 
     def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
         """Masked logits, the predicted class and the regression output per example."""
@@ -364,8 +388,84 @@ class ClassificationObjective(Objective):
         }
 
 
+def row_noise(
+    key: jax.Array, rows: jax.Array, shape: tuple[int, int, int], sigma: float, kind: str
+) -> jax.Array:
+    """Float32 noise ``shape``, ``U(-sigma, sigma)`` (``kind="uniform"``) or ``N(0, sigma^2)``
+    (``"normal"``); batch row r from ``fold_in(key, rows[r])``, so a row gets the same noise
+    whichever micro-batch holds it (``rows`` is the batch's ``F.ROW_INDEX``)."""
+    _, length, width = shape
+
+    def one(row: jax.Array) -> jax.Array:
+        k = jax.random.fold_in(key, row)
+        if kind == "uniform":
+            return jax.random.uniform(k, (length, width), jnp.float32, -sigma, sigma)
+        return sigma * jax.random.normal(k, (length, width), jnp.float32)
+
+    return jax.vmap(one)(rows)
+
+
 @dataclasses.dataclass(frozen=True)
-class R3FObjective:
+class WrappedObjective:
+    """An objective that adds a term to a family objective's (``base``) loss terms (R3F, SMART):
+    reduction and prediction are the base's."""
+
+    base: Objective
+
+    @property
+    def num_tasks(self) -> int:
+        return self.base.num_tasks
+
+    @property
+    def normalization(self) -> Any:
+        return self.base.normalization
+
+    def terms(
+        self, model: nnx.Module, batch: Batch, *, deterministic: bool, rngs: nnx.Rngs | None
+    ) -> LossTerms:
+        raise NotImplementedError
+
+    def noise_key(self, rngs: nnx.Rngs | None) -> jax.Array:
+        """The step's noise key (one per step, the same in every micro-batch: per-row noise
+        derives from it with ``F.ROW_INDEX``)."""
+        stream = getattr(rngs, "noise", None) if rngs is not None else None
+        if stream is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a 'noise' RNG stream (the train step provides one)")
+        return stream()
+
+    def add_divergence(
+        self, terms: LossTerms, values: jax.Array, task_ids: jax.Array, weight: float, name: str
+    ) -> LossTerms:
+        """``terms`` plus ``weight * sum(values)`` (per task too, for PCGrad), logged as ``name``."""
+        per_task, _ = losses.per_task_sums(values, jnp.ones_like(values), task_ids,
+                                           self.num_tasks)
+        total = jnp.sum(values)
+        return dataclasses.replace(
+            terms, numerator=terms.numerator + weight * total,
+            task_numerator=terms.task_numerator + weight * per_task,
+            extra={**terms.extra, name: total},
+        )
+
+    def finalize(self, terms: LossTerms) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return self.base.finalize(terms)
+
+    def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
+        return self.base.predict(model, batch)
+
+    def __call__(
+        self,
+        model: nnx.Module,
+        batch: Batch,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return self.finalize(self.terms(model, batch, deterministic=deterministic, rngs=rngs))
+
+
+@dataclasses.dataclass(frozen=True)
+class R3FObjective(WrappedObjective):
     """R3F (Aghajanyan et al. 2020): ``L(f(x)) + lam * KL_sym(f(x) || f(x + z))`` with ``z``
     added to the raw token-embedding lookup, ``z ~ U(-sigma, sigma)`` or ``N(0, sigma^2)``.
 
@@ -375,7 +475,6 @@ class R3FObjective:
     exactly the noise the whole batch would. Regression heads get no KL term.
     """
 
-    base: Objective
     sigma: float = 1e-5
     lam: float = 1e-2
     noise: str = "uniform"
@@ -386,49 +485,17 @@ class R3FObjective:
         if self.sigma < 0 or self.lam < 0:
             raise ValueError(f"R3F sigma and lambda must be >= 0, got {self.sigma}, {self.lam}")
 
-    @property
-    def num_tasks(self) -> int:
-        return self.base.num_tasks
-
-    @property
-    def normalization(self) -> Any:
-        return self.base.normalization
-
     def sample_noise(self, key: jax.Array, rows: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
-        _, length, width = shape
-
-        def one(row: jax.Array) -> jax.Array:
-            k = jax.random.fold_in(key, row)
-            if self.noise == "uniform":
-                return jax.random.uniform(k, (length, width), jnp.float32, -self.sigma, self.sigma)
-            return self.sigma * jax.random.normal(k, (length, width), jnp.float32)
-
-        return jax.vmap(one)(rows)
+        return row_noise(key, rows, shape, self.sigma, self.noise)
 
     def terms(
         self, model: nnx.Module, batch: Batch, *, deterministic: bool, rngs: nnx.Rngs | None
     ) -> LossTerms:
-        stream = getattr(rngs, "noise", None) if rngs is not None else None
-        if stream is None:
-            raise ValueError("R3F needs a 'noise' RNG stream (the train step provides one)")
         clean = self.base.outputs(model, batch, deterministic, rngs)
         terms = self.base.terms_from(clean, batch)
         shape = self.base.embedding_shape(model, batch)
         rows = batch.get(F.ROW_INDEX, jnp.arange(shape[0]))
-        z = self.sample_noise(stream(), rows, shape)  # one key per step, whatever the split
+        z = self.sample_noise(self.noise_key(rngs), rows, shape)
         noised = self.base.outputs(model, batch, deterministic, rngs, embedding_noise=z)
         values, task_ids = self.base.divergence(clean, noised, batch)
-        per_task, _ = losses.per_task_sums(values, jnp.ones_like(values), task_ids,
-                                           self.num_tasks)
-        kl = jnp.sum(values)
-        return dataclasses.replace(
-            terms, numerator=terms.numerator + self.lam * kl,
-            task_numerator=terms.task_numerator + self.lam * per_task,
-            extra={**terms.extra, "r3f_kl": kl},
-        )
-
-    def finalize(self, terms: LossTerms) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return self.base.finalize(terms)
-
-    def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
-        return self.base.predict(model, batch)
+        return self.add_divergence(terms, values, task_ids, self.lam, "r3f_kl")
