@@ -151,11 +151,8 @@ class CAMTLConfig:
         n = hidden_size // length
         return n, math.ceil(length / n)
 
-    def check(self, hidden_size: int, num_layers: int, num_tasks: int, scan_layers: bool) -> None:
+    def check(self, hidden_size: int, num_layers: int, scan_layers: bool) -> None:
         """Raise on a configuration the model cannot build (called by ``XLMRConfig``)."""
-        if num_tasks < 1:
-            raise ValueError("XLMRConfig.ca_mtl needs task heads (XLMRConfig.task_num_labels): "
-                             "the task embedding has one row per task")
         sets = self.layer_sets(num_layers)
         if self.conditional_attention and self.max_seq_length is not None:
             self.attention_blocks(hidden_size)
@@ -284,6 +281,9 @@ def build(config: Any, rngs: nnx.Rngs) -> dict[tuple[Any, ...], nnx.Module]:
     """Fresh CA-MTL modules for an ``XLMRConfig`` with ``ca_mtl`` set, keyed by their path
     relative to the encoder (``("layers", 3, "ca_adapter")``)."""
     ca: CAMTLConfig = config.ca_mtl
+    if not config.task_num_labels:
+        raise ValueError("XLMRConfig.ca_mtl needs task heads (XLMRConfig.task_num_labels): "
+                         "the task embedding has one row per task")
     h, std, n = config.hidden_size, config.initializer_range, config.num_hidden_layers
     e = ca.embed_dim(h)
     sets = ca.layer_sets(n)

@@ -139,8 +139,7 @@ class XLMRConfig:
         check_stack_options(self.scan_layers, self.remat, "XLMRConfig")
         object.__setattr__(self, "ca_mtl", CAMTLConfig.coerce(self.ca_mtl))
         if self.ca_mtl is not None:
-            self.ca_mtl.check(self.hidden_size, self.num_hidden_layers, len(self.task_num_labels),
-                              self.scan_layers)
+            self.ca_mtl.check(self.hidden_size, self.num_hidden_layers, self.scan_layers)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"XLMRConfig.hidden_size={self.hidden_size} is not a multiple of "
