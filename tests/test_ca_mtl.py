@@ -267,6 +267,25 @@ def test_frozen_set_is_the_configs_in_the_parameter_table():
     assert ca_mtl.frozen_predicate(XLMRConfig(**FOUR, ca_mtl=dataclasses.replace(CA, freeze_lower=False))) is None
 
 
+def test_gradients_reach_every_conditioning_map_in_the_frozen_layer():
+    config = XLMRConfig(**TINY, ca_mtl=CA)
+    model = helpers.xlmr_random_model(config, seed=6)
+    _randomize_conditional(model, seed=7)
+    ids, mask, task = _inputs()
+    labels = np.where(task == 2, 0, ids[:, 1] % 2).astype(np.int32)
+    batch = {F.INPUT_IDS: ids, F.ATTENTION_MASK: mask, F.TASK_ID: task, F.LABELS: labels,
+             F.REGRESSION_TARGETS: np.full(task.shape, 0.5, np.float32)}
+    objective = obj.ClassificationObjective(num_tasks=3, num_labels=(3, 2, 1))
+    grads = nnx.jit(nnx.grad(lambda m: objective(m, batch)[0]))(model)
+    flat = {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads)}
+    frozen = ca_mtl.frozen_predicate(config)
+    in_layer0 = [k for k in flat if k.startswith("encoder/layers/0/") and ca_mtl.is_conditional_param(k)]
+    assert len(in_layer0) == 5 and not any(frozen(k) for k in in_layer0)
+    for key in [*in_layer0, "encoder/ca_task/embedding", "encoder/ca_alignment/gamma/kernel"]:
+        assert np.abs(flat[key]).max() > 0, key
+
+
+@pytest.mark.slow  # a sharded train step compiled on 8 devices (~30-60 s on 2 loaded cores)
 def test_training_moves_conditioning_in_frozen_layers_and_lowers_the_loss():
     config = XLMRConfig(**dict(TINY, hidden_dropout_prob=0.1), ca_mtl=CA)  # layer 0 frozen
     partition = opt.make_partition(model_frozen=ca_mtl.frozen_predicate(config))
@@ -354,3 +373,38 @@ def test_lora_and_ca_mtl_together_start_unchanged():
     np.testing.assert_allclose(np.asarray(helpers.xlmr_forward(both, ids, mask, task)["logits"]),
                                np.asarray(helpers.xlmr_forward(base, ids, mask, task)["logits"]),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow  # three tiny CLI runs (~1-2 min on 2 loaded cores)
+@pytest.mark.usefixtures("fast_compiles")
+def test_cli_run_checkpoints_and_resumes_exactly(tmp_path):
+    import cli_runs as runs
+
+    from mtl_jax import train as train_cli
+
+    def train(model_dir, steps: int) -> None:
+        params = ["XLMRConfig.hidden_size=32", "XLMRConfig.num_hidden_layers=2",
+                  "XLMRConfig.num_attention_heads=2", "XLMRConfig.intermediate_size=64",
+                  "XLMRConfig.hidden_dropout_prob=0.1",  # dropout on: resume redraws the same masks
+                  "TrainConfig.sequence_length={'inputs': 16}", f"TrainConfig.num_steps={steps}",
+                  "TrainConfig.eval_every=100", "TrainConfig.checkpoint_every=3",
+                  "TrainConfig.batch_size=8", "TrainConfig.eval_batch_size=8",
+                  "TrainConfig.max_eval_examples=8", "TrainConfig.progress=False",
+                  "TrainConfig.async_checkpoints=False",
+                  "TrainConfig.optimizer={'name': 'adamw', 'learning_rate': 1e-3}",
+                  f"TrainConfig.model_dir={model_dir}"]
+        args = ["--gin_file=demo_xlmr.gin", "--gin_file=methods/ca_mtl.gin",
+                *[f"--gin_param={p}" for p in params]]
+        assert train_cli.main(args) == 0
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    train(reference, 6)
+    train(resumed, 3)
+    train(resumed, 6)
+    ref, run = runs.records(reference, "train"), runs.records(resumed, "train")
+    assert [r["step"] for r in run] == list(range(1, 7))  # 4-6 continue from checkpoint 3
+    assert [r["loss"] for r in run] == [r["loss"] for r in ref]
+    ref_params, run_params = runs.final_params(reference, 6), runs.final_params(resumed, 6)
+    assert any("ca_task" in k for k in ref_params)
+    for name in ref_params:
+        np.testing.assert_array_equal(run_params[name], ref_params[name], err_msg=name)
