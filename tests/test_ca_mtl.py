@@ -69,7 +69,7 @@ def _reference_block_diag(a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, bl
     return full[:, :, : full.size(1)].numpy()
 
 
-@pytest.mark.parametrize("hidden,length", [(16, 8), (40, 10), (24, 24)])
+@pytest.mark.parametrize("hidden,length", [(16, 8), (40, 10)])  # N = 2 even, N = 4 uneven
 def test_attention_bias_is_the_references_block_diagonal(hidden, length):
     ca = CAMTLConfig(max_seq_length=length, task_embed_dim=5)
     with eager_sharding_if_mesh():
