@@ -27,7 +27,7 @@ from mtl_jax.data.rates import AnnealedRates
 from mtl_jax.evaluation.evaluator import Evaluator
 from mtl_jax.evaluation.predictor import Predictor
 from mtl_jax.evaluation.runner import ModelRunner
-from mtl_jax.models import hf_io
+from mtl_jax.models import ca_mtl, hf_io
 from mtl_jax.models.families import Family, get_family
 from mtl_jax.run_config import TrainConfig
 from mtl_jax.training import optimizers
@@ -210,7 +210,7 @@ def model_config(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
     if cfg.pretrained:
         hf = config_cls.from_hf(hf_io.read_config(cfg.pretrained))
         kept = {k: getattr(base, k) for k in ("dtype", "attention_impl", "dropout_rate", "lora",
-                                              "vocab_pad_multiple")
+                                              "ca_mtl", "vocab_pad_multiple")
                 if hasattr(base, k) and hasattr(hf, k)}
         if getattr(base, "classifier_dropout", None) is not None:  # a recipe's head dropout
             kept["classifier_dropout"] = base.classifier_dropout
@@ -222,7 +222,8 @@ def model_config(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
     if family.encoder_decoder:
         return base
     return dataclasses.replace(base, task_num_labels=tuple(max(n, 1) for n in layout.head_labels),
-                               task_siamese=siamese_flags(cfg, layout))
+                               task_siamese=siamese_flags(cfg, layout),
+                               ca_mtl=_ca_mtl_length(cfg, getattr(base, "ca_mtl", None)))
 
 
 def siamese_flags(cfg: TrainConfig, layout: TaskLayout) -> tuple[bool, ...]:
@@ -246,6 +247,17 @@ def siamese_flags(cfg: TrainConfig, layout: TaskLayout) -> tuple[bool, ...]:
         raise ConfigError(f"{where}: {wrong} are not regression tasks; a siamese head predicts "
                           "one similarity score")
     return tuple(h in cfg.siamese_heads for h in layout.heads)
+
+
+def _ca_mtl_length(cfg: TrainConfig, ca: Any) -> Any:
+    """CA-MTL's block-diagonal attention length ``L``: the run's input length when unset."""
+    if ca is None or ca.max_seq_length is not None or not ca.conditional_attention:
+        return ca
+    length = cfg.sequence_length.get("inputs")
+    if length is None:
+        raise ConfigError("CAMTLConfig.max_seq_length is unset and TrainConfig.sequence_length has "
+                          "no 'inputs' length to take it from")
+    return dataclasses.replace(ca, max_seq_length=int(length))
 
 
 def _fit_vocab(config: Any, vocab_size: int) -> Any:
@@ -272,7 +284,7 @@ def pretrained_model(family: str, config: Any, directory: str, seed: int = 0) ->
 
     model, _, _ = load_hf_xlmr(directory, task_num_labels=config.task_num_labels,
                                dtype=config.dtype, attention_impl=config.attention_impl,
-                               lora=config.lora)
+                               lora=config.lora, ca_mtl=config.ca_mtl)
     if config.lora is not None:
         lora.init_lora_params(model, seed)
     return model
@@ -365,13 +377,16 @@ def uncertainty_sampler(cfg: TrainConfig, layout: TaskLayout,
 
 
 def make_optimizer(cfg: TrainConfig, optimizer_args: dict[str, Any],
-                   lora: bool = False) -> optimizers.Optimizer:
+                   lora: bool = False, model_frozen: Callable[[str], bool] | None = None,
+                   ) -> optimizers.Optimizer:
     """``TrainConfig``'s optimizer dict -> ``optimizers.make_optimizer``. ``train``/``freeze``:
     lists of parameter-path regexes; with LoRA (``lora``) or ``train`` only the LoRA matrices and
-    the ``train`` matches are trained (``optimizers.make_partition``)."""
+    the ``train`` matches are trained; ``model_frozen``: the model's own frozen set (CA-MTL's,
+    ``ca_mtl.frozen_predicate``) (``optimizers.make_partition``)."""
     args = dict(optimizer_args)
     try:
-        partition = optimizers.make_partition(args.pop("train", ()), args.pop("freeze", ()), lora)
+        partition = optimizers.make_partition(args.pop("train", ()), args.pop("freeze", ()), lora,
+                                              model_frozen)
         if partition is not None:
             args["partition_fn"] = partition
         return optimizers.make_optimizer(total_steps=cfg.num_steps, **args)
@@ -655,7 +670,8 @@ def build(cfg: TrainConfig, training: bool = True) -> Experiment:
     mesh = part.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
     rules = part.rules_by_name(cfg.rules)
     part.check_batch_size(cfg.batch_size, mesh, rules, cfg.micro_batches)
-    optimizer = make_optimizer(cfg, cfg.optimizer, lora=config.lora is not None)
+    optimizer = make_optimizer(cfg, cfg.optimizer, lora=config.lora is not None,
+                               model_frozen=ca_mtl.frozen_predicate(config))
     graphdef, abstract, shardings = train_state_shardings(
         model_factory(cfg.family, config, cfg.seed), optimizer, mesh, rules
     )

@@ -73,7 +73,7 @@ _XLMR_COMMON = dict(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_
 COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout", "method",
               "scan", "remat")
 # --method: the MTL method switched on in the step (thesis settings; docs/methods.md).
-METHODS = ("plain", "r3f", "smart", "loss_scaling", "pcgrad", "lora", "uncertainty")
+METHODS = ("plain", "r3f", "smart", "loss_scaling", "pcgrad", "lora", "uncertainty", "ca_mtl")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -105,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"MTL method in the step: {' | '.join(METHODS)} (R3F sigma 1e-5 lambda "
                         "1e-2; SMART MT-DNN's defaults; LoRA r 32 alpha 32 on q/v, base frozen; "
                         "PCGrad over the tasks of --task_labels; uncertainty: MT-Uncertainty "
-                        "selection of --batch rows from a pool of --batch per task, XLM-R only)")
+                        "selection of --batch rows from a pool of --batch per task, XLM-R only; "
+                        "CA-MTL as methods/ca_mtl.gin with L = --inputs)")
     p.add_argument("--attention", default="auto", help="attention impl: auto | cudnn | xla")
     p.add_argument("--scan", default="off", choices=("off", "on"), help="scan_layers")
     p.add_argument("--remat", default="none", help="remat policy: none | full | save_dots")
@@ -248,6 +249,10 @@ def model_config(base: Any, args: argparse.Namespace, dtype: str) -> Any:
         from mtl_jax.models.lora import LoRAConfig
 
         extra["lora"] = LoRAConfig(rank=32, alpha=32.0, dropout=0.1)
+    if getattr(args, "method", "plain") == "ca_mtl":  # methods/ca_mtl.gin: L = --inputs
+        from mtl_jax.models.ca_mtl import CAMTLConfig
+
+        extra["ca_mtl"] = CAMTLConfig(max_seq_length=args.inputs)
     return dataclasses.replace(base, dtype=dtype, attention_impl=args.attention,
                                scan_layers=getattr(args, "scan", "off") == "on",
                                remat=getattr(args, "remat", "none"), **extra)
@@ -383,6 +388,10 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
         opt_name = args.optimizer or "adamw"
     partition = optimizers.make_partition(train=["heads"], lora=True) if args.method == "lora" \
         else None
+    if args.method == "ca_mtl":
+        from mtl_jax.models.ca_mtl import frozen_predicate
+
+        partition = optimizers.make_partition(model_frozen=frozen_predicate(config))
     optimizer = optimizers.make_optimizer(opt_name, learning_rate=1e-3 if family == "t5" else 1e-5,
                                           partition_fn=partition)
     if args.method == "r3f":

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mtl_jax.models import lora, peft_adapter, vocab_padding
+from mtl_jax.models import ca_mtl, lora, peft_adapter, vocab_padding
 from mtl_jax.models.hf_io import read_config, read_state_dict, write_checkpoint
 from mtl_jax.models.xlmr import XLMRConfig, XLMREncoder, XLMRMultiTask
 
@@ -325,6 +325,8 @@ def load_hf_xlmr(
         raise ValueError(f"head_dirs given for a model without tasks (task_num_labels={config.task_num_labels})")
     if config.lora is not None:
         lora.init_lora_params(model, seed)
+    if config.ca_mtl is not None:
+        ca_mtl.init_conditional_params(model, seed)
     left = ["/".join(map(str, p)) for p, v in nnx.to_flat_state(nnx.state(model)) if _is_abstract(v)]
     if left:  # a converter bug, never a user error
         raise RuntimeError(f"parameters left uninitialised after import: {left}")
@@ -356,6 +358,7 @@ def export_hf_xlmr(
     ``id2label`` optionally maps a task name to its label names (config.json ``id2label``).
     Returns ``{"encoder": path, <task_name>: path, ...}``.
     """
+    _check_plain_encoder(config)
     directory = Path(directory)
     task_names = tuple(task_names)
     if len(task_names) != len(config.task_num_labels):
@@ -390,6 +393,16 @@ def export_hf_xlmr(
     return written
 
 
+def _check_plain_encoder(config: XLMRConfig) -> None:
+    """Hugging Face's XLM-R has no task-conditioned modules: refuse rather than drop them."""
+    if config.ca_mtl is not None:
+        raise ValueError(
+            "a CA-MTL model (XLMRConfig.ca_mtl set) cannot be exported to Hugging Face: its "
+            "task-conditioned modules (task embedding, conditional attention, layer norm, adapters) "
+            "have no transformers equivalent and dropping them would change every prediction; "
+            "keep the mtl_jax checkpoint (python -m mtl_jax.evaluate/predict read it)")
+
+
 def export_lora_adapters(
     model: XLMRMultiTask, directory: str | Path, task_names: Sequence[str]
 ) -> dict[str, Path]:
@@ -399,6 +412,7 @@ def export_lora_adapters(
     ``XLMRobertaForSequenceClassification``, with the task's head as ``modules_to_save``).
     Returns ``{"encoder/adapter": path, "<task>/adapter": path, ...}``."""
     config = model.config
+    _check_plain_encoder(config)
     if config.lora is None:
         raise ValueError("export_lora_adapters: the model has no LoRA (XLMRConfig.lora is None)")
     if len(task_names) != len(config.task_num_labels):

@@ -226,12 +226,14 @@ class LayerNorm(nnx.Module):
             rngs, nnx.initializers.zeros_init(), (features,), (axis_name,), param_dtype
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, scale: jax.Array | None = None) -> jax.Array:
+        """``scale`` (broadcasting to ``x``) replaces the learned one: CA-MTL's conditional gain."""
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
-        return y * self.scale[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        scale = self.scale[...] if scale is None else scale
+        return y * scale.astype(self.dtype) + self.bias[...].astype(self.dtype)
 
 
 def dropout(

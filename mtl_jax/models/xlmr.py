@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mtl_jax.models import vocab_padding
+from mtl_jax.models import ca_mtl, vocab_padding
+from mtl_jax.models.ca_mtl import CAMTLConfig
 from mtl_jax.models.heads import TaskHeads, siamese_score
 from mtl_jax.models.layer_stack import check_stack_options, run_layers
 from mtl_jax.models.layers import (
@@ -52,6 +53,7 @@ LOGICAL_AXES = (
     "token_types",
     "tasks",
     "classes",
+    ca_mtl.AXIS,
 )
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -93,6 +95,7 @@ class XLMRConfig:
     task k's head (1 = regression, HF's convention). ``positions="roberta"`` numbers real tokens
     from ``pad_token_id + 1`` (fairseq/RoBERTa); ``"absolute"`` numbers every slot from 0 (BERT).
     ``lora`` wraps the dense layers its targets name with LoRA (``mtl_jax.models.lora``).
+    ``ca_mtl`` adds CA-MTL's task-conditioned modules (``mtl_jax.models.ca_mtl``).
     ``vocab_pad_multiple``: the word embeddings hold ``padded_vocab_size`` rows, so they shard
     (``models.vocab_padding``; 1 = none). ``task_siamese[k]``: task k is a siamese similarity
     head (``XLMRMultiTask``; 1 label, needs the pooler); empty = none.
@@ -126,6 +129,7 @@ class XLMRConfig:
     # "auto": jax.nn.dot_product_attention picks the kernel; "cudnn": fused GPU kernel; "xla": einsum.
     attention_impl: str = "auto"
     lora: LoRAConfig | None = None
+    ca_mtl: CAMTLConfig | None = None
     # One jax.lax.scan over the layers; per-layer rematerialisation (models/layer_stack.py).
     scan_layers: bool = False
     remat: str = "none"
@@ -137,6 +141,9 @@ class XLMRConfig:
         object.__setattr__(self, "lora", LoRAConfig.coerce(self.lora))
         vocab_padding.check_multiple("XLMRConfig", self.vocab_pad_multiple)
         check_stack_options(self.scan_layers, self.remat, "XLMRConfig")
+        object.__setattr__(self, "ca_mtl", CAMTLConfig.coerce(self.ca_mtl))
+        if self.ca_mtl is not None:
+            self.ca_mtl.check(self.hidden_size, self.num_hidden_layers, self.scan_layers)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"XLMRConfig.hidden_size={self.hidden_size} is not a multiple of "
@@ -272,17 +279,19 @@ class SelfAttention(nnx.Module):
         self.out = _dense(config, (n, d), h, ("heads", "kv", "embed"), rngs)
         self.dropout_rate = config.attention_probs_dropout_prob
         self.impl = config.attention_impl
+        self.ca_attention: ca_mtl.ConditionalAttentionBias | None = None  # set by ca_mtl.attach
 
     def __call__(
         self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None,
-        probe: jax.Array | None = None,
+        probe: jax.Array | None = None, task_embedding: jax.Array | None = None,
     ) -> jax.Array:
         """``mask`` ``[batch, 1, 1, length]``: padded keys get no weight (queries are all kept).
         ``probe`` ``[batch, length, heads, head_dim]`` is added to the heads' output before the
-        out projection (``layers.add_probe``)."""
+        out projection (``layers.add_probe``). ``task_embedding`` ``[batch, dim]``: CA-MTL's z."""
         drop = dict(deterministic=deterministic, rngs=rngs)
+        bias = None if self.ca_attention is None else self.ca_attention(task_embedding, x.shape[1])
         ctx = dot_product_attention(
-            self.query(x, **drop), self.key(x, **drop), self.value(x, **drop), mask=mask,
+            self.query(x, **drop), self.key(x, **drop), self.value(x, **drop), bias=bias, mask=mask,
             impl=self.impl, dropout_rate=self.dropout_rate, **drop,
         )
         return self.out(add_probe(ctx, probe, "attention"), **drop)
@@ -299,20 +308,30 @@ class XLMRLayer(nnx.Module):
         self.output_norm = _layer_norm(config, rngs)
         self.activation = config.hidden_act
         self.dropout_rate = config.hidden_dropout_prob
+        # CA-MTL (conditional layer norm gains, adapter): set by ca_mtl.attach.
+        self.ca_attention_norm: ca_mtl.FiLM | None = None
+        self.ca_output_norm: ca_mtl.FiLM | None = None
+        self.ca_adapter: ca_mtl.ConditionalAdapter | None = None
 
     def __call__(
         self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None,
-        probes: Mapping[str, jax.Array] | None = None,
+        probes: Mapping[str, jax.Array] | None = None, task_embedding: jax.Array | None = None,
     ) -> jax.Array:
         """``probes`` (``"attention"``, ``"output"``): zero perturbations of the heads' output
-        before its projection and of the block's output (``XLMRMultiTask.probe_shapes``)."""
+        before its projection and of the block's output (``XLMRMultiTask.probe_shapes``).
+        ``task_embedding`` ``[batch, dim]``: CA-MTL's z (used only by its modules)."""
         probes = probes or {}
+        z = task_embedding
         a = self.attention(x, mask, deterministic=deterministic, rngs=rngs,
-                           probe=probes.get("attention"))
-        x = self.attention_norm(dropout(a, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x)
+                           probe=probes.get("attention"), task_embedding=z)
+        gain = ca_mtl.conditional_gain(self.ca_attention_norm, self.attention_norm.scale[...], z)
+        x = self.attention_norm(dropout(a, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x, gain)
         drop = dict(deterministic=deterministic, rngs=rngs)
         h = self.output(ACTIVATIONS[self.activation](self.intermediate(x, **drop)), **drop)
-        out = self.output_norm(dropout(h, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x)
+        if self.ca_adapter is not None:
+            h = h + self.ca_adapter(h, z)
+        gain = ca_mtl.conditional_gain(self.ca_output_norm, self.output_norm.scale[...], z)
+        out = self.output_norm(dropout(h, self.dropout_rate, deterministic=deterministic, rngs=rngs) + x, gain)
         return add_probe(out, probes.get("output"), "output")
 
 
@@ -381,6 +400,9 @@ class XLMREncoder(nnx.Module):
             self.layers = nnx.List([XLMRLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
         self.pooler = self.make_pooler(config, rngs=rngs) if config.add_pooling_layer else None
         self.config = config
+        # CA-MTL's task embedding and conditional alignment: set by ca_mtl.attach.
+        self.ca_task: ca_mtl.TaskEmbedding | None = None
+        self.ca_alignment: ca_mtl.FiLM | None = None
 
     @staticmethod
     def make_pooler(config: XLMRConfig, *, rngs: nnx.Rngs) -> DenseGeneral:
@@ -399,6 +421,7 @@ class XLMREncoder(nnx.Module):
         embedding_noise: jax.Array | None = None,
         embedding_output_noise: jax.Array | None = None,
         probes: Mapping[str, jax.Array] | None = None,
+        task_id: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """``(hidden [batch, length, hidden], pooled [batch, hidden] or None)`` in the compute dtype.
 
@@ -406,7 +429,8 @@ class XLMREncoder(nnx.Module):
         before position/type embeddings, layer norm and dropout (R3F); ``embedding_output_noise``
         (same shape) to the embeddings' output, after layer norm and dropout (SMART). ``probes``: zero
         perturbations ``layers/{i}/attention`` and ``layers/{i}/output`` (see
-        ``XLMRMultiTask.probe_shapes``) whose gradients are those of the activations."""
+        ``XLMRMultiTask.probe_shapes``) whose gradients are those of the activations.
+        ``task_id`` ``[batch]``: each example's task, needed with CA-MTL (``XLMRConfig.ca_mtl``)."""
         if input_ids.shape[-1] > self.config.max_position_length:
             raise ValueError(
                 f"input length {input_ids.shape[-1]} exceeds the position table "
@@ -417,6 +441,13 @@ class XLMREncoder(nnx.Module):
         x = self.embeddings(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
                             rngs=rngs, embedding_noise=embedding_noise,
                             embedding_output_noise=embedding_output_noise)
+        z = None
+        if self.ca_task is not None:
+            if task_id is None:
+                raise ValueError("XLMRConfig.ca_mtl conditions the encoder on the task: pass task_id [batch]")
+            z = self.ca_task(task_id)
+            if self.ca_alignment is not None:
+                x = self.ca_alignment.modulate(x, z)
         probes = probes or {}
         per_layer = [
             {k: probes[f"layers/{i}/{k}"] for k in ("attention", "output") if f"layers/{i}/{k}" in probes}
@@ -424,7 +455,7 @@ class XLMREncoder(nnx.Module):
         ]
         c = self.config
         x = run_layers(self.layers, x, mask, deterministic=deterministic, rngs=rngs, probes=per_layer,
-                       scan=c.scan_layers, remat=c.remat, where="XLMRConfig")
+                       scan=c.scan_layers, remat=c.remat, where="XLMRConfig", task_embedding=z)
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return x, pooled
 
@@ -446,6 +477,8 @@ class XLMRMultiTask(nnx.Module):
         self.heads = self.make_heads(config, rngs=rngs) if config.task_num_labels else None
         with eager_sharding_if_mesh():
             apply_lora(self, config.lora, rngs)  # last: base weights do not depend on LoRA
+            if config.ca_mtl is not None:  # nor on CA-MTL
+                ca_mtl.attach(self.encoder, ca_mtl.build(config, rngs))
 
     @staticmethod
     def make_heads(config: XLMRConfig, *, rngs: nnx.Rngs) -> TaskHeads:
@@ -517,7 +550,7 @@ class XLMRMultiTask(nnx.Module):
         hidden, pooled = self.encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs,
             embedding_noise=embedding_noise, embedding_output_noise=embedding_output_noise,
-            probes=probes,
+            probes=probes, task_id=task_id,
         )
         out: dict[str, jax.Array] = {"hidden": hidden}
         if pooled is not None:
@@ -552,7 +585,8 @@ class XLMRMultiTask(nnx.Module):
         def second_pass(state: Any, key: jax.Array) -> jax.Array:
             inner = None if stream is None else nnx.Rngs(dropout=key)
             return nnx.merge(graphdef, state)(pair_input_ids, pair_attention_mask,
-                                              deterministic=deterministic, rngs=inner)[1]
+                                              deterministic=deterministic, rngs=inner,
+                                              task_id=task_id)[1]
 
         def skipped(state: Any, key: jax.Array) -> jax.Array:
             return jnp.zeros_like(out["pooled"])

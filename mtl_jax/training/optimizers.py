@@ -7,8 +7,9 @@
 - AdamW (XLM-R) with decoupled weight decay masked off norm scales and biases.
 - The partition hook: ``partition_fn(path) -> label`` labels every parameter ("trainable",
   "frozen"); frozen parameters go through ``optax.set_to_zero`` (no update) and, because the
-  trainable chain is wrapped in a mask, they hold NO optimizer state. LoRA and layer freezing are
-  partition functions (``make_partition``: LoRA matrices + ``train`` regexes, minus ``freeze``).
+  trainable chain is wrapped in a mask, they hold NO optimizer state. LoRA, CA-MTL and layer
+  freezing are partition functions (``make_partition``: LoRA matrices + ``train`` regexes, minus
+  ``freeze`` and the model's own frozen set).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtl_jax.models.ca_mtl import is_conditional_param
 from mtl_jax.models.lora import is_lora_param
 from mtl_jax.training.partitioning import path_str
 
@@ -149,24 +151,28 @@ def train_only_matching(*patterns: str) -> PartitionFn:
 
 
 def make_partition(
-    train: Sequence[str] = (), freeze: Sequence[str] = (), lora: bool = False
+    train: Sequence[str] = (), freeze: Sequence[str] = (), lora: bool = False,
+    model_frozen: Callable[[str], bool] | None = None,
 ) -> PartitionFn | None:
     """A run's partition from its switches, by one rule: with LoRA or a ``train`` list, only the
-    LoRA matrices and the parameters matching a ``train`` regex are trained; otherwise all are;
-    in both cases a parameter matching a ``freeze`` regex is frozen. ``None`` when everything
-    trains (no partition, no masking cost). Regexes are ``re.search``-ed in the parameter path."""
+    LoRA matrices, CA-MTL's conditional parameters and the parameters matching a ``train`` regex
+    are trained; otherwise all are; in both cases a parameter matching a ``freeze`` regex, or
+    that ``model_frozen`` (the model's own frozen set, e.g. ``ca_mtl.frozen_predicate``) names,
+    is frozen. ``None`` when everything trains (no partition, no masking cost). Regexes are
+    ``re.search``-ed in the parameter path."""
     if isinstance(train, str) or isinstance(freeze, str):
         raise TypeError("train/freeze take a list of regular expressions, not one string")
-    if not (train or freeze or lora):
+    if not (train or freeze or lora or model_frozen):
         return None
     only = [re.compile(p) for p in train]
     frozen = [re.compile(p) for p in freeze]
     restrict = lora or bool(only)
 
     def partition(path: str) -> str:
-        if any(c.search(path) for c in frozen):
+        if any(c.search(path) for c in frozen) or (model_frozen is not None and model_frozen(path)):
             return FROZEN
-        if restrict and not (is_lora_param(path) or any(c.search(path) for c in only)):
+        if restrict and not (is_lora_param(path) or is_conditional_param(path)
+                             or any(c.search(path) for c in only)):
             return FROZEN
         return TRAINABLE
 

@@ -44,6 +44,7 @@ _REPLICATED = (
     ("classes", None),
     ("lora_rank", None),
     ("norm", None),
+    ("conditioning", None),  # CA-MTL's task-embedding width, attention blocks, bottleneck
 )
 
 # T5X's standard rules (1-D parameter and activation partitioning) with ``model`` named ``tensor``:
