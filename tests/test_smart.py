@@ -9,6 +9,7 @@ import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 from flax import nnx
@@ -25,6 +26,10 @@ from mtl_jax import features as F
 from mtl_jax.models import losses
 from mtl_jax.models.hf_xlmr import load_hf_xlmr
 from mtl_jax.training import objectives as obj
+from mtl_jax.training import optimizers as opt
+from mtl_jax.training import partitioning as part
+from mtl_jax.training import step as st
+from mtl_jax.training import train_state as ts
 from mtl_jax.training.smart import SMARTObjective
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -189,6 +194,38 @@ def test_smart_with_micro_batches_equals_the_whole_batch(family):
     make_model, make_objective, make_batch = FAMILIES[family]
     objective = SMARTObjective(make_objective(), sigma=0.05, step_size=1.0, alpha=0.5)
     assert_micro_batches_exact(make_model, objective, make_batch(), "smart_kl")
+
+
+@pytest.mark.slow  # ~40 s: four compiles
+def test_smart_sharded_and_under_pcgrad_equals_one_device():
+    """8 data-parallel devices with 2 micro-batches, PCGrad on one and on 8 devices
+    give the one-device step's loss and term; sharding does not change the update, PCGrad does
+    (its projections act on the per-task gradients that include the SMART term)."""
+    from mtl_jax.training.pcgrad import PCGrad
+
+    make_model, make_objective, make_batch = FAMILIES["xlmr"]
+    objective = SMARTObjective(make_objective(), sigma=0.05, step_size=1.0, alpha=0.5)
+    optimizer = opt.Optimizer(optax.sgd(1.0), lambda step: jnp.float32(1.0))
+    rules = part.rules_by_name("fsdp")
+    out = {}
+    for name, devices, combiner, micro in (("one", 1, None, 1), ("sharded", 8, None, 2),
+                                           ("pcgrad", 1, PCGrad(), 1), ("pcgrad8", 8, PCGrad(), 1)):
+        mesh = part.make_mesh(devices, 1, 1, devices=jax.devices()[:devices])
+        graphdef, state, shardings = ts.create_train_state(make_model, optimizer, mesh, rules, 0)
+        bs = part.batch_sharding(mesh, rules)
+        step = st.make_train_step(graphdef, objective, optimizer, mesh, shardings, bs,
+                                  micro_batches=micro, rules=rules, combiner=combiner)
+        state, metrics = step(state, part.global_batch(make_batch(), mesh, bs))
+        out[name] = (jax.device_get(metrics), jax.tree.leaves(jax.device_get(state.params)))
+    assert float(out["one"][0]["smart_kl"]) > 0
+    for name in ("sharded", "pcgrad", "pcgrad8"):
+        for key in ("loss", "smart_kl"):
+            assert float(out[name][0][key]) == pytest.approx(float(out["one"][0][key]), rel=1e-5)
+    for a, b in zip(out["one"][1], out["sharded"][1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(out["pcgrad"][1], out["pcgrad8"][1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not all(np.allclose(a, b) for a, b in zip(out["one"][1], out["pcgrad"][1], strict=True))
 
 
 @pytest.mark.slow  # a CLI run
