@@ -105,6 +105,12 @@ def test_r3f_loss_and_gradient_match_pytorch_on_the_same_weights_and_noise(tmp_p
     assert float(aux["r3f_kl"]) == pytest.approx(kl.item(), rel=1e-4)
     assert kl.item() > 1e-4, "the noise must move the predictions for this test to mean anything"
 
+    assert_grads_match_hf(model, grads, hf)
+
+
+def assert_grads_match_hf(model, grads, hf) -> None:
+    """Our parameter gradients (``grads`` of ``model``) equal the PyTorch model's ``.grad`` on
+    a layer of each kind (embeddings, attention, feed-forward, head) to 1e-4."""
     grad_model = nnx.merge(nnx.graphdef(model), grads, nnx.state(model, nnx.Not(nnx.Param)))
     ours = {**encoder_state(grad_model, "roberta.", pooler=False), **head_state(grad_model, 0)}
     hf_grads = {n: p.grad.numpy() for n, p in hf.named_parameters() if p.grad is not None}
@@ -181,7 +187,13 @@ def test_r3f_with_micro_batches_equals_the_whole_batch(family):
     """The noise of a row does not depend on the micro-batch split: 1 vs 4 micro-batches give
     the same loss, KL term and update (SGD with lr 1 exposes the gradient)."""
     make_model, make_objective, make_batch = FAMILIES[family]
-    objective = obj.R3FObjective(make_objective(), sigma=0.05, lam=0.5)
+    assert_micro_batches_exact(make_model, obj.R3FObjective(make_objective(), sigma=0.05, lam=0.5),
+                               make_batch(), "r3f_kl")
+
+
+def assert_micro_batches_exact(make_model, objective, batch, term: str) -> None:
+    """One train step (dropout off, SGD with lr 1) with 1 and with 4 micro-batches: the same
+    loss, named term and parameters; the term must be positive."""
     optimizer = opt.Optimizer(optax.sgd(1.0), lambda step: jnp.float32(1.0))
     mesh = part.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     rules = part.rules_by_name("fsdp")
@@ -191,11 +203,11 @@ def test_r3f_with_micro_batches_equals_the_whole_batch(family):
         bs = part.batch_sharding(mesh, rules)
         step = st.make_train_step(graphdef, objective, optimizer, mesh, shardings, bs,
                                   micro_batches=micro, rules=rules, deterministic=True)
-        state, metrics = step(state, part.global_batch(make_batch(), mesh, bs))
+        state, metrics = step(state, part.global_batch(batch, mesh, bs))
         results.append((jax.device_get(metrics), jax.device_get(state.params)))
     (m1, p1), (m4, p4) = results
-    assert float(m1["r3f_kl"]) > 0
-    assert float(m4["r3f_kl"]) == pytest.approx(float(m1["r3f_kl"]), rel=1e-5)
+    assert float(m1[term]) > 0
+    assert float(m4[term]) == pytest.approx(float(m1[term]), rel=1e-5)
     assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-6)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -13,11 +13,18 @@ import optax
 import pytest
 import torch
 from flax import nnx
-from test_r3f import FAMILIES, _cls_batch, _rngs, _xlmr
+from test_r3f import (
+    FAMILIES,
+    _cls_batch,
+    _rngs,
+    _xlmr,
+    assert_grads_match_hf,
+    assert_micro_batches_exact,
+)
 
 from mtl_jax import features as F
 from mtl_jax.models import losses
-from mtl_jax.models.hf_xlmr import encoder_state, head_state, load_hf_xlmr
+from mtl_jax.models.hf_xlmr import load_hf_xlmr
 from mtl_jax.training import objectives as obj
 from mtl_jax.training import optimizers as opt
 from mtl_jax.training import partitioning as part
@@ -52,18 +59,13 @@ def test_symmetric_kl_with_detached_targets_has_the_same_value_and_the_per_term_
     assert not np.allclose(np.asarray(g_full), np.asarray(ga), atol=1e-4), "nothing detached"
 
 
-def test_no_noise_and_no_ascent_give_a_zero_term_and_the_plain_loss_and_gradient():
+def test_no_noise_and_no_ascent_give_a_zero_term_and_the_plain_loss():
     make_model, make_objective, make_batch = FAMILIES["xlmr"]
     model, base = make_model(), make_objective()
     batch = {k: jnp.asarray(v) for k, v in make_batch().items()}
-    smart = SMARTObjective(base, sigma=0.0, steps=0)
-    (l_plain, _), g_plain = _value_and_grad(base, batch, model)
-    (l_smart, aux), g_smart = _value_and_grad(smart, batch, model)
-    assert float(aux["smart_kl"]) == 0.0
-    assert float(l_smart) == float(l_plain)
-    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_smart), strict=True):
-        # the term's zero gradients are summed in, which may change the last bit
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-9)
+    plain, _ = _loss(base, batch)(model)
+    loss, aux = _loss(SMARTObjective(base, sigma=0.0, steps=0), batch)(model)
+    assert float(aux["smart_kl"]) == 0.0 and float(loss) == float(plain)
     # The control: with noise the same objective has a positive term.
     _, aux = _loss(SMARTObjective(base, sigma=0.05, steps=0), batch)(model)
     assert float(aux["smart_kl"]) > 0
@@ -147,7 +149,7 @@ def test_smart_term_and_gradient_match_pytorch_on_the_same_weights_and_noise(tmp
     lp, lq = clean.float().log_softmax(-1), adv.float().log_softmax(-1)
     kl = ((lp.detach().exp() * (lp.detach() - lq)).sum(-1)
           + (lq.detach().exp() * (lq.detach() - lp)).sum(-1)).mean()
-    ce = torch.nn.functional.cross_entropy(clean, torch.from_numpy(np.asarray(batch[F.LABELS])).long())
+    ce = torch.nn.functional.cross_entropy(clean, torch.from_numpy(np.array(batch[F.LABELS])).long())
     ref = ce + alpha * kl
     ref.backward()
     hook.remove()
@@ -155,14 +157,7 @@ def test_smart_term_and_gradient_match_pytorch_on_the_same_weights_and_noise(tmp
     assert kl.item() > 1e-3, "the perturbation must move the predictions for this test to mean anything"
     assert float(aux["smart_kl"]) == pytest.approx(kl.item(), rel=1e-4)
     assert float(loss) == pytest.approx(ref.item(), rel=1e-5)
-    grad_model = nnx.merge(nnx.graphdef(model), grads, nnx.state(model, nnx.Not(nnx.Param)))
-    ours = {**encoder_state(grad_model, "roberta.", pooler=False), **head_state(grad_model, 0)}
-    hf_grads = {n: p.grad.numpy() for n, p in hf.named_parameters() if p.grad is not None}
-    for name in ("roberta.embeddings.word_embeddings.weight",
-                 "roberta.encoder.layer.0.attention.self.query.weight",
-                 "roberta.encoder.layer.1.output.dense.weight",
-                 "classifier.dense.weight", "classifier.out_proj.weight"):
-        helpers.xlmr_assert_close(ours[name], hf_grads[name], rtol=1e-4, what=f"grad {name}")
+    assert_grads_match_hf(model, grads, hf)
 
 
 def test_padding_gets_no_noise_and_does_not_change_the_term():
@@ -198,23 +193,39 @@ def test_smart_with_micro_batches_equals_the_whole_batch(family):
     update inside the train step (SGD with lr 1 exposes the gradient)."""
     make_model, make_objective, make_batch = FAMILIES[family]
     objective = SMARTObjective(make_objective(), sigma=0.05, step_size=1.0, alpha=0.5)
+    assert_micro_batches_exact(make_model, objective, make_batch(), "smart_kl")
+
+
+@pytest.mark.slow  # ~40 s: four compiles
+def test_smart_sharded_and_under_pcgrad_equals_one_device():
+    """8 data-parallel devices with 2 micro-batches, PCGrad on one and on 8 devices
+    give the one-device step's loss and term; sharding does not change the update, PCGrad does
+    (its projections act on the per-task gradients that include the SMART term)."""
+    from mtl_jax.training.pcgrad import PCGrad
+
+    make_model, make_objective, make_batch = FAMILIES["xlmr"]
+    objective = SMARTObjective(make_objective(), sigma=0.05, step_size=1.0, alpha=0.5)
     optimizer = opt.Optimizer(optax.sgd(1.0), lambda step: jnp.float32(1.0))
-    mesh = part.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     rules = part.rules_by_name("fsdp")
-    results = []
-    for micro in (1, 4):
+    out = {}
+    for name, devices, combiner, micro in (("one", 1, None, 1), ("sharded", 8, None, 2),
+                                           ("pcgrad", 1, PCGrad(), 1), ("pcgrad8", 8, PCGrad(), 1)):
+        mesh = part.make_mesh(devices, 1, 1, devices=jax.devices()[:devices])
         graphdef, state, shardings = ts.create_train_state(make_model, optimizer, mesh, rules, 0)
         bs = part.batch_sharding(mesh, rules)
         step = st.make_train_step(graphdef, objective, optimizer, mesh, shardings, bs,
-                                  micro_batches=micro, rules=rules, deterministic=True)
+                                  micro_batches=micro, rules=rules, combiner=combiner)
         state, metrics = step(state, part.global_batch(make_batch(), mesh, bs))
-        results.append((jax.device_get(metrics), jax.device_get(state.params)))
-    (m1, p1), (m4, p4) = results
-    assert float(m1["smart_kl"]) > 0
-    assert float(m4["smart_kl"]) == pytest.approx(float(m1["smart_kl"]), rel=1e-5)
-    assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-6)
-    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
+        out[name] = (jax.device_get(metrics), jax.tree.leaves(jax.device_get(state.params)))
+    assert float(out["one"][0]["smart_kl"]) > 0
+    for name in ("sharded", "pcgrad", "pcgrad8"):
+        for key in ("loss", "smart_kl"):
+            assert float(out[name][0][key]) == pytest.approx(float(out["one"][0][key]), rel=1e-5)
+    for a, b in zip(out["one"][1], out["sharded"][1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(out["pcgrad"][1], out["pcgrad8"][1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not all(np.allclose(a, b) for a, b in zip(out["one"][1], out["pcgrad"][1], strict=True))
 
 
 @pytest.mark.slow  # a CLI run

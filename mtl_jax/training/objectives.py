@@ -453,16 +453,6 @@ class WrappedObjective:
     def predict(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
         return self.base.predict(model, batch)
 
-    def __call__(
-        self,
-        model: nnx.Module,
-        batch: Batch,
-        *,
-        deterministic: bool = True,
-        rngs: nnx.Rngs | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return self.finalize(self.terms(model, batch, deterministic=deterministic, rngs=rngs))
-
 
 @dataclasses.dataclass(frozen=True)
 class R3FObjective(WrappedObjective):
