@@ -519,8 +519,12 @@ def test_frozen_parameters_in_the_step():
     _, state, metrics = run_steps(model_fn, objective, optimizer, (2, 2, 2), "fsdp", [batch],
                                   deterministic=True)
     new = helpers.host(state.params)
-    np.testing.assert_array_equal(new["embed"]["embedding"], params["embed"]["embedding"])
-    np.testing.assert_array_equal(new["q"]["kernel"], params["q"]["kernel"])
+    # Bit-equal to the same sharded initialisation before the step (an eager initialisation, as
+    # in the reference above, may round differently from the jitted one in the last bit).
+    before = helpers.host(run_steps(model_fn, objective, optimizer, (2, 2, 2), "fsdp", [],
+                                    deterministic=True)[1].params)
+    np.testing.assert_array_equal(new["embed"]["embedding"], before["embed"]["embedding"])
+    np.testing.assert_array_equal(new["q"]["kernel"], before["q"]["kernel"])
     assert not np.allclose(new["wi"]["kernel"], params["wi"]["kernel"])
     trainable = {k: v for k, v in ref_grads.items() if k not in ("embed", "q")}
     np.testing.assert_allclose(metrics[0]["grad_norm"], optax.global_norm(trainable), rtol=1e-5)
