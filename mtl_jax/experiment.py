@@ -328,7 +328,7 @@ def objective(cfg: TrainConfig, layout: TaskLayout, vocab_size: int | None = Non
         except (TypeError, ValueError) as e:
             raise ConfigError(
                 f"TrainConfig.smart={cfg.smart!r}: {e} (keys: sigma, step_size, steps, alpha, "
-                "normalize='perturbation'|'gradient', radius)"
+                "normalize='perturbation'|'gradient', radius, mu, beta, beta_late, beta_switch)"
             ) from e
     if not cfg.r3f:
         return base
@@ -338,6 +338,13 @@ def objective(cfg: TrainConfig, layout: TaskLayout, vocab_size: int | None = Non
         raise ConfigError(
             f"TrainConfig.r3f={cfg.r3f!r}: {e} (keys: sigma, lam, noise='uniform'|'normal')"
         ) from e
+
+
+def smart_teacher(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
+    """The momentum schedule of SMART's proximal-point teacher (``TrainConfig.smart`` with
+    ``'mu' > 0``), which the optimizer keeps; None otherwise."""
+    made = objective(cfg, layout, vocab_size)
+    return made.teacher_momentum(cfg.num_steps) if isinstance(made, SMARTObjective) else None
 
 
 def gradient_combiner(cfg: TrainConfig) -> Any:
@@ -378,12 +385,15 @@ def uncertainty_sampler(cfg: TrainConfig, layout: TaskLayout,
 
 def make_optimizer(cfg: TrainConfig, optimizer_args: dict[str, Any],
                    lora: bool = False, model_frozen: Callable[[str], bool] | None = None,
-                   ) -> optimizers.Optimizer:
+                   teacher_momentum: Any = None) -> optimizers.Optimizer:
     """``TrainConfig``'s optimizer dict -> ``optimizers.make_optimizer``. ``train``/``freeze``:
     lists of parameter-path regexes; with LoRA (``lora``) or ``train`` only the LoRA matrices and
     the ``train`` matches are trained; ``model_frozen``: the model's own frozen set (CA-MTL's,
-    ``ca_mtl.frozen_predicate``) (``optimizers.make_partition``)."""
+    ``ca_mtl.frozen_predicate``) (``optimizers.make_partition``); ``teacher_momentum``: SMART's
+    momentum teacher (``smart_teacher``)."""
     args = dict(optimizer_args)
+    if teacher_momentum is not None:
+        args["teacher_momentum"] = teacher_momentum
     try:
         partition = optimizers.make_partition(args.pop("train", ()), args.pop("freeze", ()), lora,
                                               model_frozen)
@@ -671,7 +681,8 @@ def build(cfg: TrainConfig, training: bool = True) -> Experiment:
     rules = part.rules_by_name(cfg.rules)
     part.check_batch_size(cfg.batch_size, mesh, rules, cfg.micro_batches)
     optimizer = make_optimizer(cfg, cfg.optimizer, lora=config.lora is not None,
-                               model_frozen=ca_mtl.frozen_predicate(config))
+                               model_frozen=ca_mtl.frozen_predicate(config),
+                               teacher_momentum=smart_teacher(cfg, layout, vocab.vocab_size))
     graphdef, abstract, shardings = train_state_shardings(
         model_factory(cfg.family, config, cfg.seed), optimizer, mesh, rules
     )

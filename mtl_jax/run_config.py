@@ -104,7 +104,9 @@ class TrainConfig:
     # thesis's setting; gin_configs/methods/r3f.gin); None = off. See docs/methods.md.
     r3f: dict[str, Any] | None = None
     # SMART (Jiang et al. 2020, as in MT-DNN): {"sigma": 1e-5, "step_size": 1e-3, "steps": 1,
-    # "alpha": 1.0} (gin_configs/methods/smart.gin); None = off. Not together with r3f.
+    # "alpha": 1.0} (gin_configs/methods/smart.gin); "mu" > 0 adds the Bregman proximal point
+    # term with a momentum teacher ("beta", "beta_late", "beta_switch";
+    # methods/smart_proximal.gin). None = off. Not together with r3f.
     smart: dict[str, Any] | None = None
     # Muppet loss scaling: "log_classes" divides each example's loss by log(its task's classes)
     # (vocabulary size for text-to-text); None = off.

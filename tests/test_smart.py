@@ -228,24 +228,35 @@ def test_smart_sharded_and_under_pcgrad_equals_one_device():
     assert not all(np.allclose(a, b) for a, b in zip(out["one"][1], out["pcgrad"][1], strict=True))
 
 
-@pytest.mark.slow  # a CLI run
-def test_a_short_training_run_with_smart_logs_smart_kl(tmp_path):
+@pytest.mark.slow  # CLI runs
+@pytest.mark.parametrize("fragment,term", [("smart", "smart_kl"), ("smart_proximal", "smart_prox")])
+def test_a_short_training_run_with_smart_logs_its_terms(tmp_path, fragment, term):
+    """4 CLI steps log the term; with the proximal point (momentum teacher in the optimizer
+    state) the run is then extended to 6 steps from its checkpoint."""
     import subprocess
     import sys
 
     import cli_runs as runs
 
-    run = tmp_path / "smart"
-    params = ["TrainConfig.num_steps=4", "TrainConfig.eval_every=4",
-              "TrainConfig.max_eval_examples=16", "TrainConfig.batch_size=8",
-              "TrainConfig.progress=False", f"TrainConfig.model_dir={run}",
-              "TrainConfig.optimizer={'name': 'adamw', 'learning_rate': 1e-3}"]
-    args = ["--gin_file=demo_xlmr.gin", "--gin_file=methods/smart.gin",
-            *[f"--gin_param={p}" for p in params]]
-    done = subprocess.run([sys.executable, "-m", "mtl_jax.train", *args], env=runs.env_for(1),
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    train = [r for r in runs.records(run, "train") if "smart_kl" in r]
-    assert train, "no smart_kl logged"
-    assert all(np.isfinite(r["smart_kl"]) and r["smart_kl"] >= 0 for r in train)
-    assert any(r["smart_kl"] > 0 for r in train)
+    run = tmp_path / fragment
+
+    def train(steps: int) -> None:
+        params = [f"TrainConfig.num_steps={steps}", "TrainConfig.eval_every=4",
+                  "TrainConfig.max_eval_examples=16", "TrainConfig.batch_size=8",
+                  "TrainConfig.progress=False", f"TrainConfig.model_dir={run}",
+                  "TrainConfig.optimizer={'name': 'adamw', 'learning_rate': 1e-3}"]
+        args = ["--gin_file=demo_xlmr.gin", f"--gin_file=methods/{fragment}.gin",
+                *[f"--gin_param={p}" for p in params]]
+        done = subprocess.run([sys.executable, "-m", "mtl_jax.train", *args],
+                              env=runs.env_for(1), capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    train(4)
+    if fragment == "smart_proximal":
+        train(6)
+    logged = [r for r in runs.records(run, "train") if term in r]
+    assert logged, f"no {term} logged"
+    assert all(np.isfinite(r[term]) and r[term] >= 0 for r in logged)
+    assert any(r[term] > 0 for r in logged)
+    if fragment == "smart_proximal":
+        assert {r["step"] for r in logged} >= {5, 6}, "the extended run did not train on"

@@ -15,6 +15,7 @@ import seqio
 
 from mtl_jax.data.converters import FeatureConverter
 from mtl_jax.data.tasks import TaskInfo, get_vocabulary, task_info
+from mtl_jax.data.tfdata import numpy_iterator
 
 VALID = "valid"
 
@@ -34,7 +35,7 @@ def load_examples(
     )
     if limit is not None:
         ds = ds.take(limit)
-    return list(ds.as_numpy_iterator())
+    return list(numpy_iterator(ds))
 
 
 def label_candidates(info: TaskInfo, length: int) -> np.ndarray:

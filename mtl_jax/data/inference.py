@@ -19,6 +19,7 @@ import seqio
 import tensorflow as tf
 
 from mtl_jax.data.tasks import TaskInfo, task_info
+from mtl_jax.data.tfdata import numpy_iterator
 
 INPUT_FORMATS = ("jsonl", "csv", "tsv")
 
@@ -123,7 +124,7 @@ def examples_from_inputs(task: str, inputs: Sequence[Mapping[str, str]],
     ds = t.preprocess_precache(ds)
     ds = t.preprocess_postcache(ds, sequence_length=dict(sequence_length))
     ds = seqio.utils.trim_dataset(ds, dict(sequence_length), t.output_features)
-    examples = list(ds.as_numpy_iterator())
+    examples = list(numpy_iterator(ds))
     if len(examples) != n:
         raise RuntimeError(f"task '{task}': {len(examples)} examples for {n} inputs")
     return [{k: np.asarray(v) if not isinstance(v, bytes) else v for k, v in ex.items()}

@@ -34,6 +34,7 @@ from mtl_jax.data.batching import (  # noqa: F401  (re-exported: the trainer's n
 )
 from mtl_jax.data.converters import FeatureConverter
 from mtl_jax.data.rates import AnnealedRates
+from mtl_jax.data.tfdata import numpy_iterator
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class SeqioSource:
         )
         if start:
             ds = ds.skip(start)
-        self._it = _batched(ds).as_numpy_iterator()
+        self._it = numpy_iterator(_batched(ds))
         self._fetched.clear()
 
     def read(self, epoch: int, start: int, count: int) -> list[dict[str, Any]]:

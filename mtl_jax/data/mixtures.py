@@ -44,6 +44,7 @@ import seqio
 from mtl_jax.data import rates as rate_rules
 from mtl_jax.data import sources, tasks
 from mtl_jax.data import tasks as tasks_lib
+from mtl_jax.data.tfdata import numpy_iterator
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ def task_examples(
     )
     if limit is not None:
         ds = ds.take(limit)
-    yield from ds.as_numpy_iterator()
+    yield from numpy_iterator(ds)
 
 
 def decode_ids(task_name: str, feature: str, ids: Sequence[int]) -> str:

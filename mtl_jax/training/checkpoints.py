@@ -205,6 +205,7 @@ class CheckpointStore:
         config = self.read_config(step)
         if expected_model is not None:
             check_compatible(config.get("model", {}), expected_model, self.step_path(step))
+        self._check_state_layout(step, abstract_state)
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -215,6 +216,25 @@ class CheckpointStore:
             ),
         )
         return restored[STATE], dict(restored[DATA]), config
+
+    def _check_state_layout(self, step: int, abstract_state: Any) -> None:
+        """Raise ``IncompatibleCheckpointError`` when the stored train state holds other arrays
+        than this run's (same model, but e.g. another optimizer, partition or SMART teacher):
+        without this, orbax's mismatch would read as an unreadable checkpoint. Unreadable
+        metadata is left to the restore (and the corrupt-checkpoint handling)."""
+        try:
+            stored = self._manager.item_metadata(step)[STATE]
+            stored = getattr(stored, "tree", stored)
+        except Exception:  # noqa: BLE001 - damage is the restore's to report
+            return
+        diffs = state_layout_differences(stored, abstract_state)
+        if diffs:
+            raise IncompatibleCheckpointError(
+                f"checkpoint {self.step_path(step)} holds a train state of another layout than "
+                "this run's:\n  " + "\n  ".join(diffs) + "\nThe optimizer or its options "
+                "changed since it was written (TrainConfig.optimizer, its train/freeze/LoRA "
+                "partition, TrainConfig.smart's 'mu' teacher). Resume with the settings it was "
+                "written with, or point MODEL_DIR at a fresh directory.")
 
     def latest_readable_config(self) -> tuple[int, dict[str, Any]] | None:
         """``(step, config)`` of the newest checkpoint whose config reads; None if there are no
@@ -330,6 +350,27 @@ def check_compatible(stored: dict[str, Any], expected: dict[str, Any], where: Pa
             + "\n  ".join(diffs)
             + "\nPoint MODEL_DIR at a fresh directory or restore the matching model config."
         )
+
+
+def state_layout_differences(stored: Any, abstract_state: Any) -> list[str]:
+    """``"opt_state: checkpoint 12 arrays, run 20"`` per top-level field of the train state
+    whose arrays (counted with their shapes) differ; [] when they match or the stored tree is not
+    a field dict."""
+    if not isinstance(stored, dict):
+        return []
+
+    def shapes(tree: Any) -> list[tuple[int, ...]]:
+        return sorted(tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(tree))
+
+    diffs = []
+    for field in sorted(stored):
+        if not hasattr(abstract_state, field):
+            continue
+        have, want = shapes(stored[field]), shapes(getattr(abstract_state, field))
+        if have != want:
+            diffs.append(f"{field}: checkpoint {len(have)} arrays, run {len(want)}"
+                         + ("" if len(have) != len(want) else " (of other shapes)"))
+    return diffs
 
 
 def model_differences(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ import optax
 from mtl_jax.models.ca_mtl import is_conditional_param
 from mtl_jax.models.lora import is_lora_param
 from mtl_jax.training.partitioning import path_str
+from mtl_jax.training.teacher import Momentum, momentum_teacher
 
 TRAINABLE, FROZEN = "trainable", "frozen"
 Schedule = Callable[[jax.Array | int], jax.Array]
@@ -243,12 +244,16 @@ def make_optimizer(
     # Partition hook
     partition_fn: PartitionFn | None = None,
     extra_transforms: Mapping[str, optax.GradientTransformation] | None = None,
+    # SMART's Bregman proximal point
+    teacher_momentum: Momentum | None = None,
 ) -> Optimizer:
     """The one entry point: ``name`` is ``"adafactor"`` (T5 defaults) or ``"adamw"``.
 
     ``clip_grad_norm`` clips the global norm of the trainable gradients first. ``partition_fn``
     maps a parameter path (``"encoder/layers/0/mlp/wi/kernel"``) to ``"trainable"``,
     ``"frozen"`` or a key of ``extra_transforms`` (e.g. a head trained with another rate).
+    ``teacher_momentum``: keep an exponential moving average of the trainable parameters in the
+    optimizer state (``teacher.momentum_teacher``; SMART's proximal point term reads it).
     """
     lr_fn = make_schedule(schedule, learning_rate, warmup_steps, total_steps, end_learning_rate)
     if name == "adafactor":
@@ -275,6 +280,8 @@ def make_optimizer(
         raise ValueError(f"unknown optimizer {name!r}; choose 'adafactor' or 'adamw'")
     if clip_grad_norm is not None:
         core = optax.chain(optax.clip_by_global_norm(clip_grad_norm), core)
+    if teacher_momentum is not None:
+        core = optax.chain(core, momentum_teacher(teacher_momentum))
     if partition_fn is None and not extra_transforms:
         return Optimizer(core, lr_fn, None)
     transforms: dict[str, optax.GradientTransformation] = {

@@ -30,6 +30,7 @@ from mtl_jax.training import partitioning as part
 from mtl_jax.training.objectives import Batch, LossTerms, Objective, loss_scale
 from mtl_jax.training.optimizers import Optimizer
 from mtl_jax.training.pcgrad import is_task_specific
+from mtl_jax.training.teacher import teacher_params
 from mtl_jax.training.train_state import TrainState, merge_model, step_key
 from mtl_jax.training.uncertainty import UncertaintySampler, normalized_entropy
 
@@ -111,7 +112,9 @@ def make_train_step(
     step counter still advanced; see docs/faults.md) and every extra term the objective names
     (e.g. ``r3f_kl``). ``deterministic=True`` turns dropout off. The model's non-trainable state
     is read, not written, by the forward passes; after the update the model's ``post_update``
-    hook (if it has one: R4F's power iteration) may move it on.
+    hook (if it has one: R4F's power iteration) may move it on. An objective with
+    ``uses_teacher`` (SMART with ``mu > 0``) also gets ``teacher=``, the model at the momentum
+    teacher's parameters kept in the optimizer state (``training/teacher.py``).
 
     With a ``sampler`` (MT-Uncertainty, ``training/uncertainty.py``) the step is handed a pool
     and first selects the batch: one forward pass over the pool in ``micro_batches`` chunks, no
@@ -135,6 +138,7 @@ def make_train_step(
             train_idx = [i for i, f in enumerate(frozen) if not f]
             train_sh = [treedef.flatten_up_to(state_shardings.params)[i] for i in train_idx]
             train = [leaves[i] for i in train_idx]
+            teacher = _teacher_kwargs(objective, state)
 
             def terms_of(train: list[jax.Array], batch: Batch, key: jax.Array) -> LossTerms:
                 full = list(leaves)
@@ -142,7 +146,9 @@ def make_train_step(
                     full[i] = train[j]
                 model = merge_model(graphdef, treedef.unflatten(full), state.rest)
                 rngs = nnx.Rngs(dropout=key, noise=noise_key)
-                return objective.terms(model, batch, deterministic=deterministic, rngs=rngs)
+                extra = {k: merge_model(graphdef, v, state.rest) for k, v in teacher.items()}
+                return objective.terms(model, batch, deterministic=deterministic, rngs=rngs,
+                                       **extra)
 
             def constrain(grads: list[jax.Array]) -> list[jax.Array]:
                 return jax.lax.with_sharding_constraint(grads, train_sh)
@@ -227,6 +233,20 @@ def make_train_step(
         donate_argnums=(0,) if donate else (),
     )
     return CompiledStep(jitted, mesh, rules)
+
+
+def _teacher_kwargs(objective: Objective, state: TrainState) -> dict[str, Any]:
+    """``{"teacher": params}`` for an objective that reads the momentum teacher (SMART's
+    proximal point, ``uses_teacher``), from the optimizer state; ``{}`` otherwise."""
+    if not getattr(objective, "uses_teacher", False):
+        return {}
+    params = teacher_params(state.opt_state, state.params)
+    if params is None:
+        raise ValueError(
+            f"{type(objective).__name__} has a proximal term (mu > 0) but the optimizer keeps no "
+            "momentum teacher: build it with optimizers.make_optimizer(..., teacher_momentum=...) "
+            "(TrainConfig.smart does this when 'mu' > 0)")
+    return {"teacher": jax.tree.map(jax.lax.stop_gradient, params)}
 
 
 def _row_index(batch: Batch, mesh: Mesh, rules: part.Rules) -> jax.Array:
