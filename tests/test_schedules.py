@@ -157,6 +157,26 @@ def test_annealed_task_frequencies_match_the_rates_at_start_end_and_over_the_run
     assert _chi2(whole, np.sum([sched.rates(k) for k in range(100)], axis=0)) < bound, whole
 
 
+def test_annealed_draws_equal_the_block_searchsorted_of_their_batch_rates():
+    """Each example's task under a schedule is the uniform of its counter, in its choice block,
+    placed in the cumulative rates of the batch being built (drawn per example, not per block)."""
+    from mtl_jax.data import batching
+
+    rates = [1.0, 1.0, 0.0, 1.0]  # a zero rate stays zero under the schedule
+    sched = AnnealedRates(SCHEDULE_SIZES, 50)
+    it = _batches(rates, "heterogeneous", seed=5, rate_schedule=sched)
+    rng = np.random.default_rng(0)
+    for counter, batch in zip(rng.integers(0, 3 * batching.CHOICE_BLOCK, 300).tolist(),
+                              rng.integers(0, 60, 300).tolist(), strict=True):
+        block, offset = divmod(counter, batching.CHOICE_BLOCK)
+        u = np.random.default_rng([5, batching._HETEROGENEOUS_STREAM, 0, block]).random(
+            batching.CHOICE_BLOCK)
+        cdf = np.cumsum(np.asarray(sched.rates(batch)) * (np.asarray(rates) > 0))
+        want = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")[offset]), 3)
+        assert it._task_index(counter, batch) == want
+        assert want != 2
+
+
 def test_annealed_homogeneous_batches_hold_one_task_the_same_on_every_shard():
     """Each batch draws one task, the same on both shards, at its batch's rates: past the end of
     the schedule the batches' tasks match n^0.5."""

@@ -73,7 +73,7 @@ _XLMR_COMMON = dict(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_
 COMPARABLE = ("micro_batches", "dtype", "rules", "mesh", "attention", "batch", "dropout", "method",
               "scan", "remat")
 # --method: the MTL method switched on in the step (thesis settings; docs/methods.md).
-METHODS = ("plain", "r3f", "smart", "loss_scaling", "pcgrad", "lora", "uncertainty", "ca_mtl")
+METHODS = ("plain", "r3f", "smart", "smart_proximal", "loss_scaling", "pcgrad", "lora", "uncertainty", "ca_mtl")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--micro_batches", type=int, default=1)
     p.add_argument("--method", default="plain",
                    help=f"MTL method in the step: {' | '.join(METHODS)} (R3F sigma 1e-5 lambda "
-                        "1e-2; SMART MT-DNN's defaults; LoRA r 32 alpha 32 on q/v, base frozen; "
+                        "1e-2; SMART MT-DNN's defaults; smart_proximal: SMART + the proximal "
+                        "term, mu 1; LoRA r 32 alpha 32 on q/v, base frozen; "
                         "PCGrad over the tasks of --task_labels; uncertainty: MT-Uncertainty "
                         "selection of --batch rows from a pool of --batch per task, XLM-R only; "
                         "CA-MTL as methods/ca_mtl.gin with L = --inputs)")
@@ -392,8 +393,14 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
         from mtl_jax.models.ca_mtl import frozen_predicate
 
         partition = optimizers.make_partition(model_frozen=frozen_predicate(config))
+    teacher = None
+    if args.method == "smart_proximal":  # the paper's mu = 1 with the momentum teacher
+        from mtl_jax.training.smart import SMARTObjective
+
+        objective = SMARTObjective(objective, mu=1.0)
+        teacher = objective.teacher_momentum(None)
     optimizer = optimizers.make_optimizer(opt_name, learning_rate=1e-3 if family == "t5" else 1e-5,
-                                          partition_fn=partition)
+                                          partition_fn=partition, teacher_momentum=teacher)
     if args.method == "r3f":
         from mtl_jax.training.objectives import R3FObjective
 
