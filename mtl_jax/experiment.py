@@ -40,6 +40,7 @@ from mtl_jax.training.objectives import (
 )
 from mtl_jax.training.smart import SMARTObjective
 from mtl_jax.training.step import make_train_step
+from mtl_jax.training.teacher import Momentum
 from mtl_jax.training.train_state import (
     TrainState,
     abstract_model,
@@ -340,7 +341,7 @@ def objective(cfg: TrainConfig, layout: TaskLayout, vocab_size: int | None = Non
         ) from e
 
 
-def smart_teacher(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Any:
+def smart_teacher(cfg: TrainConfig, layout: TaskLayout, vocab_size: int) -> Momentum | None:
     """The momentum schedule of SMART's proximal-point teacher (``TrainConfig.smart`` with
     ``'mu' > 0``), which the optimizer keeps; None otherwise."""
     made = objective(cfg, layout, vocab_size)
@@ -385,7 +386,7 @@ def uncertainty_sampler(cfg: TrainConfig, layout: TaskLayout,
 
 def make_optimizer(cfg: TrainConfig, optimizer_args: dict[str, Any],
                    lora: bool = False, model_frozen: Callable[[str], bool] | None = None,
-                   teacher_momentum: Any = None) -> optimizers.Optimizer:
+                   teacher_momentum: Momentum | None = None) -> optimizers.Optimizer:
     """``TrainConfig``'s optimizer dict -> ``optimizers.make_optimizer``. ``train``/``freeze``:
     lists of parameter-path regexes; with LoRA (``lora``) or ``train`` only the LoRA matrices and
     the ``train`` matches are trained; ``model_frozen``: the model's own frozen set (CA-MTL's,

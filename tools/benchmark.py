@@ -394,23 +394,19 @@ def build_variant(label: str, args: argparse.Namespace, base: Any, dtype: str) -
 
         partition = optimizers.make_partition(model_frozen=frozen_predicate(config))
     teacher = None
-    if args.method == "smart_proximal":  # the paper's mu = 1 with the momentum teacher
-        from mtl_jax.training.smart import SMARTObjective
-
-        objective = SMARTObjective(objective, mu=1.0)
-        teacher = objective.teacher_momentum(None)
-    optimizer = optimizers.make_optimizer(opt_name, learning_rate=1e-3 if family == "t5" else 1e-5,
-                                          partition_fn=partition, teacher_momentum=teacher)
     if args.method == "r3f":
         from mtl_jax.training.objectives import R3FObjective
 
         objective = R3FObjective(objective, sigma=1e-5, lam=1e-2)
-    elif args.method == "smart":
+    elif args.method in ("smart", "smart_proximal"):  # proximal: the paper's mu = 1
         from mtl_jax.training.smart import SMARTObjective
 
-        objective = SMARTObjective(objective)
+        objective = SMARTObjective(objective, mu=1.0 if args.method == "smart_proximal" else 0.0)
+        teacher = objective.teacher_momentum(None)
     elif args.method == "loss_scaling":
         objective = dataclasses.replace(objective, loss_scaling="log_classes")
+    optimizer = optimizers.make_optimizer(opt_name, learning_rate=1e-3 if family == "t5" else 1e-5,
+                                          partition_fn=partition, teacher_momentum=teacher)
     combiner = None
     if args.method == "pcgrad":
         from mtl_jax.training.pcgrad import PCGrad

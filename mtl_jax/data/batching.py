@@ -237,11 +237,10 @@ class MixtureBatches:
         self._cdf = np.cumsum(self.rates)
         self._cycle = [i for i, r in enumerate(self.rates) if r > 0]  # round-robin order
         self.rate_schedule = rate_schedule
-        self._scheduled: tuple[int, np.ndarray] | None = None  # (batch, its cumulative rates)
-        self._scheduled_list: list[float] = []
+        self._scheduled: tuple[int, list[float]] | None = None  # (batch, its cumulative rates)
         if rate_schedule is not None:
             for step in (0, rate_schedule.num_steps - 1):
-                if self._rates_cdf(step)[-1] <= 0:
+                if self._scheduled_cdf(step)[-1] <= 0:
                     raise ValueError(
                         f"the rate schedule gives every task with a rate > 0 rate 0 at batch "
                         f"{step} (sizes {dict(zip(tasks, rate_schedule.sizes, strict=True))})")
@@ -261,16 +260,13 @@ class MixtureBatches:
         self._position = 0  # examples handed out from the mixed stream (heterogeneous mode)
         self._done = False
         self._block: tuple[int, np.ndarray] | None = None  # (block, its uniform draws)
-        self._choices: tuple[np.ndarray, np.ndarray] | None = None  # (cdf, the block's tasks)
+        self._choices: np.ndarray | None = None  # the block's tasks at the mixture's rates
 
-    def _rates_cdf(self, batch: int) -> np.ndarray:
-        """Cumulative (unnormalised) rates of batch ``batch``."""
-        if self.rate_schedule is None:
-            return self._cdf
+    def _scheduled_cdf(self, batch: int) -> list[float]:
+        """Cumulative (unnormalised) rates of batch ``batch`` under the rate schedule."""
         if self._scheduled is None or self._scheduled[0] != batch:
             weights = np.asarray(self.rate_schedule.rates(batch)) * (np.asarray(self.rates) > 0)
-            self._scheduled = (batch, np.cumsum(weights))
-            self._scheduled_list = self._scheduled[1].tolist()
+            self._scheduled = (batch, np.cumsum(weights).tolist())
         return self._scheduled[1]
 
     def _task_index(self, counter: int, batch: int | None = None) -> int:
@@ -285,17 +281,16 @@ class MixtureBatches:
                 key = [self.seed, _HOMOGENEOUS_STREAM, block]
             self._block = (block, np.random.default_rng(key).random(CHOICE_BLOCK))
             self._choices = None
-        cdf = self._rates_cdf(batch)
         if self.rate_schedule is not None:
-            # The rates change every batch: draw only this example (the block's searchsorted
-            # below, redone per batch, cost the annealed iterator 18 %); bisect_right on the same
-            # float64 values is searchsorted(side="right").
-            u = float(self._block[1][offset]) * float(cdf[-1])
-            return min(bisect.bisect_right(self._scheduled_list, u), len(self.tasks) - 1)
-        if self._choices is None or self._choices[0] is not cdf:
-            choices = np.searchsorted(cdf, self._block[1] * cdf[-1], side="right")
-            self._choices = (cdf, np.minimum(choices, len(self.tasks) - 1))
-        return int(self._choices[1][offset])
+            # The rates change every batch: place only this example's uniform (bisect_right on
+            # the same float64 values is searchsorted(side="right")), not the whole block's.
+            cdf = self._scheduled_cdf(batch)
+            u = float(self._block[1][offset]) * cdf[-1]
+            return min(bisect.bisect_right(cdf, u), len(self.tasks) - 1)
+        if self._choices is None:  # one searchsorted per block at the mixture's fixed rates
+            choices = np.searchsorted(self._cdf, self._block[1] * self._cdf[-1], side="right")
+            self._choices = np.minimum(choices, len(self.tasks) - 1)
+        return int(self._choices[offset])
 
     def _batch_task(self, batch: int) -> int | None:
         """The one task of batch ``batch`` (None in heterogeneous mode: each example draws)."""

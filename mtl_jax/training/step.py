@@ -138,7 +138,7 @@ def make_train_step(
             train_idx = [i for i, f in enumerate(frozen) if not f]
             train_sh = [treedef.flatten_up_to(state_shardings.params)[i] for i in train_idx]
             train = [leaves[i] for i in train_idx]
-            teacher = _teacher_kwargs(objective, state)
+            teacher = _teacher_params(objective, state)
 
             def terms_of(train: list[jax.Array], batch: Batch, key: jax.Array) -> LossTerms:
                 full = list(leaves)
@@ -146,9 +146,10 @@ def make_train_step(
                     full[i] = train[j]
                 model = merge_model(graphdef, treedef.unflatten(full), state.rest)
                 rngs = nnx.Rngs(dropout=key, noise=noise_key)
-                extra = {k: merge_model(graphdef, v, state.rest) for k, v in teacher.items()}
+                if teacher is None:
+                    return objective.terms(model, batch, deterministic=deterministic, rngs=rngs)
                 return objective.terms(model, batch, deterministic=deterministic, rngs=rngs,
-                                       **extra)
+                                       teacher=merge_model(graphdef, teacher, state.rest))
 
             def constrain(grads: list[jax.Array]) -> list[jax.Array]:
                 return jax.lax.with_sharding_constraint(grads, train_sh)
@@ -235,18 +236,20 @@ def make_train_step(
     return CompiledStep(jitted, mesh, rules)
 
 
-def _teacher_kwargs(objective: Objective, state: TrainState) -> dict[str, Any]:
-    """``{"teacher": params}`` for an objective that reads the momentum teacher (SMART's
-    proximal point, ``uses_teacher``), from the optimizer state; ``{}`` otherwise."""
+def _teacher_params(objective: Objective, state: TrainState) -> Any | None:
+    """The momentum teacher's parameters (from the optimizer state) for an objective that reads
+    them (SMART's proximal point, ``uses_teacher``); None otherwise. They are not differentiated
+    (not among the trainable leaves), and the objective treats the teacher's outputs as
+    constants."""
     if not getattr(objective, "uses_teacher", False):
-        return {}
+        return None
     params = teacher_params(state.opt_state, state.params)
     if params is None:
         raise ValueError(
             f"{type(objective).__name__} has a proximal term (mu > 0) but the optimizer keeps no "
             "momentum teacher: build it with optimizers.make_optimizer(..., teacher_momentum=...) "
             "(TrainConfig.smart does this when 'mu' > 0)")
-    return {"teacher": jax.tree.map(jax.lax.stop_gradient, params)}
+    return params
 
 
 def _row_index(batch: Batch, mesh: Mesh, rules: part.Rules) -> jax.Array:
